@@ -1,0 +1,296 @@
+"""The token-layout contract: what the GPT backbone and every pipeline know about a sample's tokens.
+
+Every paradigm (next-token, next-scale, next-X) is group-causal autoregression: positions are split
+into ordered groups and position ``i`` may attend to position ``j`` iff ``group[j] <= group[i]``
+(earlier groups, or its own group). A tokenizer or pipeline describes its tokens with a
+:class:`TokenLayout` — per position its coordinates (for rotary embeddings), its group (the AR
+step) and whether it is real or padding — plus a :class:`TokenContent` saying what each position
+holds (ids over D codebooks, or a continuous vector). The backbone never special-cases a modality.
+
+Shapes: ``coords_BTC`` (float, C = coordinate rank), ``groups_BT`` (long), ``valid_BT`` (bool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+__all__ = [
+    "DiscreteContent",
+    "ContinuousContent",
+    "TokenContent",
+    "TokenLayout",
+]
+
+
+@dataclass(frozen=True)
+class DiscreteContent:
+    """Each position holds one id per codebook; ``codebook_sizes[d]`` is codebook d's vocabulary."""
+
+    codebook_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes = tuple(int(s) for s in self.codebook_sizes)
+        if not sizes or any(s < 1 for s in sizes):
+            raise ValueError(f"codebook_sizes must be a non-empty sequence of positive ints, got {self.codebook_sizes!r}")
+        object.__setattr__(self, "codebook_sizes", sizes)
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebook_sizes)
+
+    def check_ids(self, ids: torch.Tensor, *, name: str = "ids") -> None:
+        """Raise if ``ids`` (``[B, T]`` for one codebook, ``[B, T, D]`` for several) is not a valid id tensor."""
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TypeError(f"{name} must be an integer tensor (torch.long), got {got}")
+        expected_rank = 2 if self.num_codebooks == 1 else 3
+        if ids.dim() != expected_rank or (expected_rank == 3 and ids.shape[-1] != self.num_codebooks):
+            shape = "[B, T]" if expected_rank == 2 else f"[B, T, {self.num_codebooks}]"
+            raise ValueError(f"{name} must have shape {shape} for {self.num_codebooks} codebook(s), got {tuple(ids.shape)}")
+        ids_BTD = ids if expected_rank == 3 else ids.unsqueeze(-1)
+        if ids_BTD.numel() == 0:
+            return
+        limits = torch.tensor(self.codebook_sizes, device=ids.device)
+        bad = (ids_BTD < 0) | (ids_BTD >= limits)
+        if bool(bad.any()):
+            d = int(bad.nonzero()[0, -1])
+            value = int(ids_BTD[bad][0])
+            raise ValueError(f"{name} holds id {value} outside codebook {d}'s vocabulary [0, {self.codebook_sizes[d]})")
+
+
+@dataclass(frozen=True)
+class ContinuousContent:
+    """Each position holds a continuous vector of ``dim`` channels (KL-VAE latents, flow-matching targets)."""
+
+    dim: int
+
+    def __post_init__(self) -> None:
+        if int(self.dim) < 1:
+            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
+
+
+TokenContent = Union[DiscreteContent, ContinuousContent]
+
+
+@dataclass
+class TokenLayout:
+    """Coordinates, AR groups and padding of a batch of token sequences (see module docstring).
+
+    Groups must be non-decreasing along each sequence over its valid positions: the order of
+    positions in memory is the order in which groups are generated.
+    """
+
+    coords: torch.Tensor
+    groups: torch.Tensor
+    valid: torch.Tensor
+    content: TokenContent | None = None
+
+    def __post_init__(self) -> None:
+        if self.coords.dim() != 3:
+            raise ValueError(f"coords must have shape [B, T, C], got {tuple(self.coords.shape)}")
+        B, T, _ = self.coords.shape
+        if tuple(self.groups.shape) != (B, T):
+            raise ValueError(f"groups must have shape [B, T] = {(B, T)}, got {tuple(self.groups.shape)}")
+        if tuple(self.valid.shape) != (B, T):
+            raise ValueError(f"valid must have shape [B, T] = {(B, T)}, got {tuple(self.valid.shape)}")
+        if self.valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got {self.valid.dtype}")
+        self.coords = self.coords.float()
+        self.groups = self.groups.long()
+        real_groups = torch.where(self.valid, self.groups, torch.iinfo(torch.long).max)
+        running_max = torch.where(self.valid, self.groups, torch.iinfo(torch.long).min).cummax(dim=1).values
+        if bool((self.valid & (real_groups < running_max)).any()):
+            raise ValueError("groups must be non-decreasing along each sequence over its valid positions")
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.coords.shape[1]
+
+    @property
+    def coord_rank(self) -> int:
+        return self.coords.shape[2]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of valid positions per sequence, ``[B]``."""
+        return self.valid.sum(dim=1)
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.groups[self.valid].max()) + 1 if bool(self.valid.any()) else 0
+
+    # ---- the mask ----------------------------------------------------------------------------
+    def attention_mask(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Boolean ``[B, end - start, T]`` mask: entry ``[b, i, j]`` is True iff query ``start + i`` may attend to key j.
+
+        Key j is visible to query i when j is valid and ``group[j] <= group[i]``. A padding query
+        sees only itself so that attention never normalises over an empty set (its output is
+        ignored). ``start``/``end`` select the query rows of a prefill chunk or a decode step.
+        """
+        end = self.seq_len if end is None else end
+        g_BT, valid_BT = self.groups, self.valid
+        q_groups_BQ, q_valid_BQ = g_BT[:, start:end], valid_BT[:, start:end]
+        allowed_BQT = (g_BT.unsqueeze(1) <= q_groups_BQ.unsqueeze(2)) & valid_BT.unsqueeze(1)
+        allowed_BQT &= q_valid_BQ.unsqueeze(2)
+        rows_Q = torch.arange(start, end, device=g_BT.device)
+        self_QT = rows_Q.unsqueeze(1) == torch.arange(self.seq_len, device=g_BT.device).unsqueeze(0)
+        allowed_BQT |= self_QT & ~q_valid_BQ.unsqueeze(2)
+        return allowed_BQT
+
+    # ---- building layouts --------------------------------------------------------------------
+    @classmethod
+    def from_coords(
+        cls,
+        coords: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        *,
+        content: TokenContent | None = None,
+    ) -> "TokenLayout":
+        """One sequence from ``coords [T, C]``; ``groups [T]`` defaults to one group per position (causal)."""
+        if coords.dim() != 2:
+            raise ValueError(f"coords must have shape [T, C], got {tuple(coords.shape)}")
+        T = coords.shape[0]
+        groups = torch.arange(T) if groups is None else groups
+        return cls(
+            coords=coords.unsqueeze(0),
+            groups=groups.unsqueeze(0),
+            valid=torch.ones(1, T, dtype=torch.bool, device=coords.device),
+            content=content,
+        )
+
+    @classmethod
+    def sequence(cls, length: int, *, start: int = 0, content: TokenContent | None = None) -> "TokenLayout":
+        """A plain causal 1D sequence (text, a 1D flexible tokenizer, octree order, audio frames)."""
+        _check_positive("length", length)
+        positions = torch.arange(start, start + length, dtype=torch.float32)
+        return cls.from_coords(positions.unsqueeze(1), content=content)
+
+    @classmethod
+    def grid(cls, shape: Sequence[int], *, content: TokenContent | None = None) -> "TokenLayout":
+        """A raster-order next-token grid: ``(h, w)`` for images, ``(t, h, w)`` for video."""
+        if len(shape) < 1:
+            raise ValueError("shape must name at least one axis")
+        for axis, size in enumerate(shape):
+            _check_positive(f"shape[{axis}]", size)
+        axes = [torch.arange(size, dtype=torch.float32) for size in shape]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+        return cls.from_coords(coords, content=content)
+
+    @classmethod
+    def scales(cls, patch_nums: Sequence[int], *, content: TokenContent | None = None) -> "TokenLayout":
+        """A VAR-style pyramid: scale k is a ``pn_k × pn_k`` grid and one group (next-scale).
+
+        Coordinates are ``(scale, y, x)`` with y, x the cell centres measured on the finest grid,
+        so a location keeps (nearly) the same spatial coordinate at every scale.
+        """
+        if len(patch_nums) < 1:
+            raise ValueError("patch_nums must name at least one scale")
+        finest = max(patch_nums)
+        coords, groups = [], []
+        for k, pn in enumerate(patch_nums):
+            _check_positive(f"patch_nums[{k}]", pn)
+            centres = (torch.arange(pn, dtype=torch.float32) + 0.5) * (finest / pn) - 0.5
+            yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+            coords.append(torch.stack([torch.full_like(yy, k), yy, xx], dim=-1).reshape(-1, 3))
+            groups.append(torch.full((pn * pn,), k, dtype=torch.long))
+        return cls.from_coords(torch.cat(coords), torch.cat(groups), content=content)
+
+    @classmethod
+    def cells(cls, shape: Sequence[int], cell: int, *, content: TokenContent | None = None) -> "TokenLayout":
+        """A 2D grid generated ``cell × cell`` blocks at a time (xAR's next-cell), blocks in raster order."""
+        if len(shape) != 2:
+            raise ValueError(f"shape must be (h, w), got {tuple(shape)}")
+        h, w = (int(s) for s in shape)
+        _check_positive("cell", cell)
+        if h % cell or w % cell:
+            raise ValueError(f"shape {(h, w)} must be divisible by cell={cell}")
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        block = (yy // cell) * (w // cell) + (xx // cell)
+        order = torch.argsort(block.reshape(-1) * (h * w) + torch.arange(h * w), stable=True)
+        coords = torch.stack([yy, xx], dim=-1).reshape(-1, 2).float()[order]
+        return cls.from_coords(coords, block.reshape(-1)[order], content=content)
+
+    @classmethod
+    def stack(cls, layouts: Sequence["TokenLayout"], *, pad_to: int | None = None) -> "TokenLayout":
+        """Batch single-sequence layouts of different lengths, right-padding with invalid positions."""
+        if not layouts:
+            raise ValueError("layouts must not be empty")
+        ranks = {lay.coord_rank for lay in layouts}
+        if len(ranks) != 1:
+            raise ValueError(f"layouts must share one coordinate rank, got {sorted(ranks)}")
+        rows = [row for lay in layouts for row in lay.unbind()]
+        longest = max(int(r.lengths[0]) for r in rows)
+        T = longest if pad_to is None else pad_to
+        if T < longest:
+            raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({longest})")
+        coords = torch.zeros(len(rows), T, ranks.pop())
+        groups = torch.zeros(len(rows), T, dtype=torch.long)
+        valid = torch.zeros(len(rows), T, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            n = int(row.lengths[0])
+            coords[b, :n] = row.coords[0, row.valid[0]]
+            groups[b, :n] = row.groups[0, row.valid[0]]
+            valid[b, :n] = True
+        return cls(coords=coords, groups=groups, valid=valid, content=layouts[0].content)
+
+    def unbind(self) -> list["TokenLayout"]:
+        """The batch as a list of single-sequence layouts (padding kept)."""
+        return [
+            TokenLayout(self.coords[b : b + 1], self.groups[b : b + 1], self.valid[b : b + 1], self.content)
+            for b in range(self.batch_size)
+        ]
+
+    def expand(self, batch_size: int) -> "TokenLayout":
+        """Repeat a one-sequence layout over a batch (a view, no copy)."""
+        if self.batch_size != 1:
+            raise ValueError(f"expand needs a layout of batch size 1, got {self.batch_size}")
+        _check_positive("batch_size", batch_size)
+        return TokenLayout(
+            self.coords.expand(batch_size, -1, -1),
+            self.groups.expand(batch_size, -1),
+            self.valid.expand(batch_size, -1),
+            self.content,
+        )
+
+    def with_prefix(self, length: int) -> "TokenLayout":
+        """Prepend ``length`` conditioning positions (class id, text bytes) as group 0, shifting groups by 1.
+
+        Prefix coordinates run ``-length .. -1`` on every axis: ordered among themselves, and
+        distinct from the body's non-negative coordinates.
+        """
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        if length == 0:
+            return self
+        B, _, C = self.coords.shape
+        device = self.coords.device
+        prefix_coords = torch.arange(-length, 0, dtype=torch.float32, device=device).view(1, length, 1)
+        return TokenLayout(
+            coords=torch.cat([prefix_coords.expand(B, length, C), self.coords], dim=1),
+            groups=torch.cat([torch.zeros(B, length, dtype=torch.long, device=device), self.groups + 1], dim=1),
+            valid=torch.cat([torch.ones(B, length, dtype=torch.bool, device=device), self.valid], dim=1),
+            content=self.content,
+        )
+
+    def to(self, device: torch.device | str) -> "TokenLayout":
+        return TokenLayout(self.coords.to(device), self.groups.to(device), self.valid.to(device), self.content)
+
+    def slice(self, start: int, end: int) -> "TokenLayout":
+        """Positions ``[start, end)`` of every sequence (a chunk for prefill or a decode step)."""
+        return TokenLayout(
+            self.coords[:, start:end], self.groups[:, start:end], self.valid[:, start:end], self.content
+        )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
