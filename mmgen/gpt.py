@@ -1,0 +1,490 @@
+"""The shared GPT backbone: one Llama-style decoder for every tokenizer and every paradigm.
+
+RMSNorm, SwiGLU, grouped-query attention, N-D rotary positions from the token layout, optional
+QK-norm and AdaLN. Attention follows the layout's groups (causal is the case of one position per
+group), runs through ``scaled_dot_product_attention`` and uses a static preallocated KV cache for
+prefill and step decoding. Conditioning comes in as prefix tokens (class ids with a null class for
+classifier-free guidance, byte-level text) or as an AdaLN vector. Heads are categorical, one per
+codebook; ``hidden_states`` gives the trunk's output for other heads (e.g. flow matching).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hub import PretrainedModel
+from .rope import NDRotaryEmbedding, apply_rotary
+from .sampling import sample
+from .tokens import ContinuousContent, DiscreteContent, TokenLayout
+
+__all__ = ["GPTConfig", "GPT", "KVCache", "split_guidance_batch", "TEXT_VOCAB_SIZE", "TEXT_PAD_ID"]
+
+TEXT_PAD_ID = 256
+TEXT_VOCAB_SIZE = 257  # 256 byte values + the pad / null-prompt id
+
+
+@dataclass
+class GPTConfig:
+    """Size and options of a :class:`GPT`. ``None`` fields are derived in ``__post_init__``."""
+
+    vocab_size: int | list[int] = 1024
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    ffn_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    coord_rank: int = 1
+    qk_norm: bool = False
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    num_classes: int = 0
+    text_max_len: int = 0
+    adaln_dim: int = 0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        sizes = [self.vocab_size] if isinstance(self.vocab_size, int) else list(self.vocab_size)
+        if not sizes or any(not isinstance(v, int) or v < 1 for v in sizes):
+            raise ValueError(f"vocab_size must be a positive int or a list of them (one per codebook), got {self.vocab_size!r}")
+        self.vocab_size = sizes[0] if len(sizes) == 1 else sizes
+        for name in ("dim", "n_layers", "n_heads", "coord_rank", "max_seq_len"):
+            _require_positive(name, getattr(self, name))
+        for name in ("num_classes", "text_max_len", "adaln_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+        _require_positive("n_kv_heads", self.n_kv_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads} (or set head_dim)")
+            self.head_dim = self.dim // self.n_heads
+        _require_positive("head_dim", self.head_dim)
+        if self.ffn_dim is None:
+            self.ffn_dim = 64 * math.ceil(8 * self.dim / 3 / 64)
+        _require_positive("ffn_dim", self.ffn_dim)
+        if self.tie_embeddings and len(sizes) > 1:
+            raise ValueError("tie_embeddings needs a single codebook (vocab_size an int)")
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.vocab_size,) if isinstance(self.vocab_size, int) else tuple(self.vocab_size)
+
+    @property
+    def null_class_id(self) -> int:
+        """Class id of the unconditional branch for classifier-free guidance."""
+        return self.num_classes
+
+
+def _require_positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def split_guidance_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a doubled CFG batch ``[2B, ...]`` (conditional rows first) into ``(cond, uncond)``."""
+    if x.shape[0] % 2:
+        raise ValueError(f"a classifier-free-guidance batch must be even (cond rows then uncond rows), got {x.shape[0]} rows")
+    return x.chunk(2, dim=0)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_f = x.float()
+        x_f = x_f * torch.rsqrt(x_f.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x_f.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """Static keys/values ``[B, n_kv_heads, max_seq_len, head_dim]`` filled position by position."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k_BHTD: torch.Tensor, v_BHTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k_BHTD.shape[2]
+        self.k[:, :, start:end] = k_BHTD
+        self.v[:, :, start:end] = v_BHTD
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.attention_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.cache: KVCache | None = None
+
+    def forward(self, x_BTD, cos, sin, mask, start_pos: int | None) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x_BTD).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if start_pos is not None and self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)
+        is_causal = isinstance(mask, str)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=None if is_causal else mask,
+            is_causal=is_causal,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(B, T, q_size))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU with the gate and up projections fused into one matmul."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.adaln = nn.Linear(cfg.adaln_dim, 6 * cfg.dim) if cfg.adaln_dim else None
+
+    def forward(self, x, cos, sin, mask, start_pos, condition) -> torch.Tensor:
+        if self.adaln is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin, mask, start_pos)
+            return x + self.ffn(self.ffn_norm(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(condition).unsqueeze(1).chunk(6, dim=-1)
+        x = x + gate1 * self.attn(self.attn_norm(x) * (1 + scale1) + shift1, cos, sin, mask, start_pos)
+        return x + gate2 * self.ffn(self.ffn_norm(x) * (1 + scale2) + shift2)
+
+
+class GPT(PretrainedModel):
+    """Llama-style decoder over any token layout. Build with ``GPT(GPTConfig(...))``.
+
+    ``gpt(input_ids)`` returns logits ``[B, T, V]`` for a plain causal 1D sequence (a list of
+    ``[B, T, V_d]`` for several codebooks). ``gpt.generate`` decodes with the KV cache.
+    """
+
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig | dict) -> None:
+        super().__init__()
+        cfg = self._register_typed_config(config)
+        self.cfg = cfg
+        self.content = DiscreteContent(cfg.codebook_sizes)
+        self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
+        self.class_embedding = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.num_classes else None
+        self.text_embedding = nn.Embedding(TEXT_VOCAB_SIZE, cfg.dim) if cfg.text_max_len else None
+        self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.final_adaln = nn.Linear(cfg.adaln_dim, 2 * cfg.dim) if cfg.adaln_dim else None
+        heads = () if cfg.tie_embeddings else (nn.Linear(cfg.dim, v, bias=False) for v in cfg.codebook_sizes)
+        self.heads = nn.ModuleList(heads)
+        self.apply(self._init_weights)
+        for module in [block.adaln for block in self.layers] + [self.final_adaln]:
+            if module is not None:
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, T]`` (or ``[B, T, D]`` for D codebooks) → embeddings ``[B, T, dim]``, summed over codebooks."""
+        self.content.check_ids(ids, name="input_ids")
+        return self._embed_tokens(ids)
+
+    def _embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        if len(self.tok_embeddings) == 1:
+            return self.tok_embeddings[0](ids)
+        return sum(table(ids[..., d]) for d, table in enumerate(self.tok_embeddings))
+
+    def embed_class(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """Class ids ``[B]`` → one prefix token ``[B, 1, dim]``; id ``num_classes`` is the null class."""
+        if self.class_embedding is None:
+            raise ValueError("class_labels given, but the model was built with num_classes=0 (no class conditioning)")
+        if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long or class_labels.dim() != 1:
+            raise TypeError("class_labels must be a 1-D torch.long tensor [B]")
+        bad = (class_labels < 0) | (class_labels > self.cfg.num_classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"class_labels holds {int(class_labels[bad][0])}; expected 0..{self.cfg.num_classes - 1} "
+                f"(or {self.cfg.null_class_id} for the null class)"
+            )
+        return self.class_embedding(class_labels).unsqueeze(1)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts → byte ids ``[B, text_max_len]``, right-padded with ``TEXT_PAD_ID`` (an empty prompt is the null prompt)."""
+        if self.text_embedding is None:
+            raise ValueError("prompts given, but the model was built with text_max_len=0 (no text conditioning)")
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a list of str")
+        ids = torch.full((len(prompts), self.cfg.text_max_len), TEXT_PAD_ID, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            data = prompt.encode("utf-8")
+            if len(data) > self.cfg.text_max_len:
+                raise ValueError(f"prompt {prompt!r} is {len(data)} bytes; the model takes at most text_max_len={self.cfg.text_max_len}")
+            ids[row, : len(data)] = torch.tensor(list(data), dtype=torch.long)
+        return ids.to(self.device)
+
+    def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
+        """Byte ids from :meth:`encode_text` → prefix tokens ``[B, text_max_len, dim]``."""
+        if self.text_embedding is None:
+            raise ValueError("text given, but the model was built with text_max_len=0 (no text conditioning)")
+        return self.text_embedding(text_ids)
+
+    # ---- cache -------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None, *, dtype: torch.dtype | None = None) -> None:
+        """Preallocate the KV cache (for CFG pass the doubled batch: cond rows, then uncond rows)."""
+        max_seq_len = self.cfg.max_seq_len if max_seq_len is None else max_seq_len
+        _require_positive("batch_size", batch_size)
+        if not 1 <= max_seq_len <= self.cfg.max_seq_len:
+            raise ValueError(f"max_seq_len must be in 1..{self.cfg.max_seq_len}, got {max_seq_len}")
+        dtype = dtype or self.dtype
+        for block in self.layers:
+            block.attn.cache = KVCache(batch_size, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim, dtype=dtype, device=self.device)
+
+    def clear_cache(self) -> None:
+        for block in self.layers:
+            block.attn.cache = None
+
+    @property
+    def cache_shape(self) -> tuple[int, int] | None:
+        """``(batch_size, max_seq_len)`` of the allocated KV cache, or None."""
+        cache = self.layers[0].attn.cache
+        return None if cache is None else (cache.k.shape[0], cache.k.shape[2])
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        layout: TokenLayout | None = None,
+        start_pos: int | None = None,
+        condition: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits for positions ``[start_pos, start_pos + T)``.
+
+        ``layout`` describes the whole sequence (coordinates, groups, padding); this call takes its
+        positions ``start_pos .. start_pos + T``. Without a layout the sequence is plain 1D causal.
+        With ``start_pos`` set, keys and values go to the KV cache (see :meth:`setup_cache`).
+        ``logits_to_keep=n`` computes logits for the last n positions only (0: all).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if layout is not None and isinstance(layout.content, ContinuousContent):
+                raise ValueError("layout holds continuous tokens; pass inputs_embeds, not input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cfg.dim:
+            raise ValueError(f"inputs_embeds must have shape [B, T, {self.cfg.dim}], got {tuple(inputs_embeds.shape)}")
+        hidden = self.hidden_states(inputs_embeds, layout=layout, start_pos=start_pos, condition=condition)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return self.logits(hidden)
+
+    def hidden_states(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        layout: TokenLayout | None = None,
+        start_pos: int | None = None,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The trunk: embeddings ``[B, T, dim]`` → normalised hidden states ``[B, T, dim]``."""
+        B, T, _ = inputs_embeds.shape
+        start = self._check_positions(B, T, layout, start_pos)
+        self._check_condition(B, condition)
+        if layout is None:
+            coords = torch.arange(start, start + T, device=inputs_embeds.device, dtype=torch.float32)
+            coords = coords.view(1, T, 1).expand(B, T, self.cfg.coord_rank)
+            mask = _causal_mask(start, T, inputs_embeds.device)
+        else:
+            coords = layout.coords[:, start : start + T].to(inputs_embeds.device)
+            mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
+        cos, sin = self.rotary(coords)
+        x = inputs_embeds
+        for block in self.layers:
+            x = block(x, cos, sin, mask, start_pos, condition)
+        x = self.norm(x)
+        if self.final_adaln is not None:
+            shift, scale = self.final_adaln(condition).unsqueeze(1).chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x
+
+    def logits(self, hidden_BTD: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Categorical heads: ``[B, T, V]`` for one codebook, a list of ``[B, T, V_d]`` for several."""
+        if self.cfg.tie_embeddings:
+            return F.linear(hidden_BTD, self.tok_embeddings[0].weight)
+        logits = [head(hidden_BTD) for head in self.heads]
+        return logits[0] if len(logits) == 1 else logits
+
+    def _check_positions(self, B: int, T: int, layout: TokenLayout | None, start_pos: int | None) -> int:
+        start = 0 if start_pos is None else start_pos
+        if start < 0:
+            raise ValueError(f"start_pos must be >= 0, got {start_pos}")
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence reaches position {start + T}, beyond max_seq_len={self.cfg.max_seq_len}")
+        if start and self.cache_shape is None:
+            raise ValueError(f"start_pos={start} needs the KV cache of the earlier positions; call setup_cache first")
+        if start_pos is not None and self.cache_shape is not None:
+            cache_batch, cache_len = self.cache_shape
+            if B != cache_batch:
+                raise ValueError(f"batch of {B} rows does not match the KV cache's batch_size={cache_batch}")
+            if start + T > cache_len:
+                raise ValueError(f"positions up to {start + T} do not fit the KV cache of {cache_len} positions")
+        if layout is not None:
+            if layout.coord_rank != self.cfg.coord_rank:
+                raise ValueError(f"layout has coordinate rank {layout.coord_rank}, the model expects coord_rank={self.cfg.coord_rank}")
+            if isinstance(layout.content, DiscreteContent) and layout.content.codebook_sizes != self.cfg.codebook_sizes:
+                raise ValueError(
+                    f"layout holds codebooks {layout.content.codebook_sizes}, the model's heads are {self.cfg.codebook_sizes}"
+                )
+            if layout.batch_size not in (1, B):
+                raise ValueError(f"layout has batch size {layout.batch_size}, inputs have {B}")
+            if layout.seq_len < start + T:
+                raise ValueError(f"layout covers {layout.seq_len} positions, inputs reach {start + T}")
+        return start
+
+    def _check_condition(self, B: int, condition: torch.Tensor | None) -> None:
+        if self.cfg.adaln_dim == 0:
+            if condition is not None:
+                raise ValueError("condition given, but the model was built with adaln_dim=0 (no AdaLN)")
+            return
+        if condition is None or tuple(condition.shape) != (B, self.cfg.adaln_dim):
+            got = None if condition is None else tuple(condition.shape)
+            raise ValueError(f"condition must have shape [{B}, {self.cfg.adaln_dim}] (AdaLN), got {got}")
+
+    # ---- generation --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        generator: torch.Generator | None = None,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Continue ``input_ids [B, T]`` by ``max_new_tokens`` tokens; returns ``[B, T + max_new_tokens]``.
+
+        ``temperature=0`` is greedy. With ``class_labels`` a class token is prefixed; with
+        ``guidance_scale != 1`` the batch is doubled (null class) and the cond/uncond logits are
+        combined by :func:`mmgen.sampling.sample`.
+        """
+        if len(self.cfg.codebook_sizes) != 1:
+            raise ValueError("generate decodes one codebook; multi-codebook models are driven by a pipeline")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [B, T], got {tuple(input_ids.shape)}")
+        _require_positive("max_new_tokens", max_new_tokens)
+        B, T = input_ids.shape
+        if T:
+            self.content.check_ids(input_ids, name="input_ids")
+        elif class_labels is None:
+            raise ValueError("input_ids is empty: give at least one prompt token or class_labels")
+        guided = guidance_scale != 1.0
+        prefix = None
+        if class_labels is not None:
+            if class_labels.shape != (B,):
+                raise ValueError(f"class_labels must have shape [{B}], got {tuple(class_labels.shape)}")
+            labels = class_labels
+            if guided:
+                labels = torch.cat([labels, torch.full_like(labels, self.cfg.null_class_id)])
+            prefix = self.embed_class(labels)
+        elif guided:
+            raise ValueError("guidance_scale != 1 needs class_labels: the null class is the unconditional branch")
+        rows = 2 * B if guided else B
+        x = self._embed_tokens(input_ids.repeat(rows // B, 1))
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
+        pos = x.shape[1]
+        total = pos + max_new_tokens - 1
+        if total > self.cfg.max_seq_len:
+            raise ValueError(f"prompt plus max_new_tokens needs {total} positions, beyond max_seq_len={self.cfg.max_seq_len}")
+        self.setup_cache(rows, total)
+        try:
+            logits = self.logits(self.hidden_states(x, start_pos=0)[:, -1:])[:, -1]
+            new_tokens = []
+            for step in range(max_new_tokens):
+                cond, uncond = split_guidance_batch(logits) if guided else (logits, None)
+                next_ids = sample(
+                    cond.float(),
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    min_p=min_p,
+                    uncond_logits=None if uncond is None else uncond.float(),
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                )
+                new_tokens.append(next_ids)
+                if step + 1 == max_new_tokens:
+                    break
+                step_ids = next_ids.repeat(rows // B).unsqueeze(1)
+                logits = self.logits(self.hidden_states(self._embed_tokens(step_ids), start_pos=pos))[:, -1]
+                pos += 1
+        finally:
+            self.clear_cache()
+        return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+    # ---- interop -----------------------------------------------------------------------------
+    @classmethod
+    def from_transformers_llama(cls, model: nn.Module) -> "GPT":
+        """Build a GPT with the weights of a ``transformers.LlamaForCausalLM`` (same logits)."""
+        from .convert import gpt_from_llama
+
+        return gpt_from_llama(cls, model)
+
+
+def _causal_mask(start: int, T: int, device: torch.device) -> torch.Tensor | str | None:
+    """Mask for T new positions after ``start`` cached ones: "causal" when SDPA's flag is exact."""
+    if T == 1:
+        return None
+    if start == 0:
+        return "causal"
+    rows = torch.arange(start, start + T, device=device).unsqueeze(1)
+    return rows >= torch.arange(start + T, device=device).unsqueeze(0)
