@@ -32,8 +32,8 @@ class DiscreteContent:
     codebook_sizes: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        sizes = tuple(int(s) for s in self.codebook_sizes)
-        if not sizes or any(s < 1 for s in sizes):
+        sizes = tuple(self.codebook_sizes)
+        if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
             raise ValueError(f"codebook_sizes must be a non-empty sequence of positive ints, got {self.codebook_sizes!r}")
         object.__setattr__(self, "codebook_sizes", sizes)
 
@@ -43,7 +43,7 @@ class DiscreteContent:
 
     def check_ids(self, ids: torch.Tensor, *, name: str = "ids") -> None:
         """Raise if ``ids`` (``[B, T]`` for one codebook, ``[B, T, D]`` for several) is not a valid id tensor."""
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise TypeError(f"{name} must be an integer tensor (torch.long), got {got}")
         expected_rank = 2 if self.num_codebooks == 1 else 3
@@ -98,6 +98,8 @@ class TokenLayout:
             raise ValueError(f"valid must have shape [B, T] = {(B, T)}, got {tuple(self.valid.shape)}")
         if self.valid.dtype != torch.bool:
             raise TypeError(f"valid must be a bool tensor, got {self.valid.dtype}")
+        if self.groups.is_floating_point() or self.groups.dtype == torch.bool:
+            raise TypeError(f"groups must be an integer tensor, got {self.groups.dtype}")
         self.coords = self.coords.float()
         self.groups = self.groups.long()
         real_groups = torch.where(self.valid, self.groups, torch.iinfo(torch.long).max)
@@ -136,6 +138,8 @@ class TokenLayout:
         ignored). ``start``/``end`` select the query rows of a prefill chunk or a decode step.
         """
         end = self.seq_len if end is None else end
+        if not 0 <= start <= end <= self.seq_len:
+            raise ValueError(f"need 0 <= start <= end <= seq_len={self.seq_len}, got start={start}, end={end}")
         g_BT, valid_BT = self.groups, self.valid
         q_groups_BQ, q_valid_BQ = g_BT[:, start:end], valid_BT[:, start:end]
         allowed_BQT = (g_BT.unsqueeze(1) <= q_groups_BQ.unsqueeze(2)) & valid_BT.unsqueeze(1)
@@ -208,7 +212,9 @@ class TokenLayout:
         """A 2D grid generated ``cell × cell`` blocks at a time (xAR's next-cell), blocks in raster order."""
         if len(shape) != 2:
             raise ValueError(f"shape must be (h, w), got {tuple(shape)}")
-        h, w = (int(s) for s in shape)
+        h, w = shape
+        _check_positive("shape[0]", h)
+        _check_positive("shape[1]", w)
         _check_positive("cell", cell)
         if h % cell or w % cell:
             raise ValueError(f"shape {(h, w)} must be divisible by cell={cell}")
@@ -226,6 +232,9 @@ class TokenLayout:
         ranks = {lay.coord_rank for lay in layouts}
         if len(ranks) != 1:
             raise ValueError(f"layouts must share one coordinate rank, got {sorted(ranks)}")
+        contents = {lay.content for lay in layouts}
+        if len(contents) != 1:
+            raise ValueError(f"layouts must share one content, got {sorted(map(repr, contents))}")
         rows = [row for lay in layouts for row in lay.unbind()]
         longest = max(int(r.lengths[0]) for r in rows)
         T = longest if pad_to is None else pad_to
