@@ -1,0 +1,64 @@
+"""One sampler for every pipeline: CFG -> temperature -> top-k -> top-p -> min-p -> draw.
+
+- :func:`sample` draws ids from logits ``[N, V]`` with per-row or shared parameters, on the
+  ``reference``, ``fast`` or ``triton`` backend; the exact semantics, ties included, are in
+  :mod:`mmgen.sampling.reference`.
+- :class:`SamplingConfig` carries the settings (and the guidance schedule) in pipelines.
+- :class:`GuidanceSchedule` and :func:`apply_guidance` are classifier-free guidance; how the
+  LlamaGen, VAR and RAR conventions map to ours is written in :mod:`mmgen.sampling.guidance`.
+- :func:`filtered_probs` gives the renormalised distribution that :func:`sample` draws from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SamplingConfig
+from .guidance import GuidanceSchedule, apply_guidance
+from .params import check_logits, check_params, describe_bad_rows
+from .reference import probs_and_validity
+from .sampler import BACKENDS, sample, triton_available
+
+
+def filtered_probs(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    min_p: float | torch.Tensor = 0.0,
+    uncond_logits: torch.Tensor | None = None,
+    guidance_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """The float32 distribution ``[N, V]`` that :func:`sample` draws from (one-hot when greedy).
+
+    Useful for likelihoods and speculative verification; raises like :func:`sample` on rows
+    that cannot be sampled.
+    """
+    N, V = check_logits(logits, uncond_logits)
+    params = check_params(
+        num_rows=N,
+        vocab_size=V,
+        device=logits.device,
+        has_uncond=uncond_logits is not None,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        guidance_scale=guidance_scale,
+    )
+    probs_NV, valid_N = probs_and_validity(logits, uncond_logits, params)
+    if N and not bool(valid_N.all()):
+        raise ValueError(describe_bad_rows(params, logits, uncond_logits, valid_N))
+    return probs_NV
+
+
+__all__ = [
+    "BACKENDS",
+    "GuidanceSchedule",
+    "SamplingConfig",
+    "apply_guidance",
+    "filtered_probs",
+    "sample",
+    "triton_available",
+]
