@@ -448,10 +448,10 @@ class GPT(PretrainedModel):
         self.setup_cache(rows, total)
         try:
             logits = self.logits(self.hidden_states(x, start_pos=0)[:, -1:])[:, -1]
-            new_tokens = []
+            new_tokens, all_valid = [], None
             for step in range(max_new_tokens):
                 cond, uncond = split_guidance_batch(logits) if guided else (logits, None)
-                next_ids = sample(
+                next_ids, valid = sample(
                     cond.float(),
                     temperature=temperature,
                     top_k=top_k,
@@ -460,8 +460,10 @@ class GPT(PretrainedModel):
                     uncond_logits=None if uncond is None else uncond.float(),
                     guidance_scale=guidance_scale,
                     generator=generator,
+                    return_valid=True,
                 )
                 new_tokens.append(next_ids)
+                all_valid = valid if all_valid is None else all_valid & valid
                 if step + 1 == max_new_tokens:
                     break
                 step_ids = next_ids.repeat(rows // B).unsqueeze(1)
@@ -469,6 +471,9 @@ class GPT(PretrainedModel):
                 pos += 1
         finally:
             self.clear_cache()
+        if not bool(all_valid.all()):  # one read-back per call, not per step
+            rows = (~all_valid).nonzero().flatten().tolist()
+            raise ValueError(f"logits of rows {rows} became NaN/inf or were fully masked during generation")
         return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
     # ---- interop -----------------------------------------------------------------------------

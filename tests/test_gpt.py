@@ -243,3 +243,11 @@ def test_bad_inputs_name_the_argument():
         gpt()
     with pytest.raises(ValueError, match="max_new_tokens"):
         gpt.generate(rand_ids(1, 2), max_new_tokens=0)
+
+
+def test_generation_with_nan_weights_fails_clearly():
+    gpt = tiny_gpt()
+    with torch.no_grad():
+        gpt.heads[0].weight[:, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"rows \[0, 1\] became NaN"):
+        gpt.generate(rand_ids(2, 3), max_new_tokens=3)
