@@ -59,7 +59,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20M model, 64 new tokens, 2 repeats")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = ["20M"] if args.quick else list(MODEL_SIZES)
     new_tokens = 64 if args.quick else args.new_tokens
     repeats = 2 if args.quick else args.repeats
