@@ -1,1 +1,21 @@
-"""Image, video and 3D tokenizers: each declares its :class:`mmgen.TokenLayout` and round-trips encode / decode."""
+"""Image, video and 3D tokenizers: each declares its :class:`mmgen.TokenLayout` and round-trips encode / decode.
+
+Every tokenizer is a :class:`mmgen.hub.PretrainedModel` with ``encode``, ``decode``, ``layout`` and
+the training objective ``loss(images) -> (loss, logs)``; images are ``[B, 3, H, W]`` in [-1, 1].
+"""
+
+from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
+from .kl import KLConfig, KLImageTokenizer
+from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
+from .vq import VQConfig, VQImageTokenizer
+
+__all__ = [
+    "FlexImageTokenizer",
+    "FlexImageTokenizerConfig",
+    "KLConfig",
+    "KLImageTokenizer",
+    "MultiScaleVQConfig",
+    "MultiScaleVQTokenizer",
+    "VQConfig",
+    "VQImageTokenizer",
+]
