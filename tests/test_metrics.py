@@ -24,12 +24,7 @@ from mmgen.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _smooth_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -13,11 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvEncoder", "ConvDecoder", "downsample_factor"]
+__all__ = ["ConvEncoder", "ConvDecoder", "downsample_factor", "latent_grid"]
 
 
 def downsample_factor(channel_mult: Sequence[int]) -> int:
     return 2 ** (len(channel_mult) - 1)
+
+
+def latent_grid(image_size: int, downsample: int) -> tuple[int, int]:
+    """The ``(h, w)`` latent grid of a square ``image_size`` image; raises if the size does not divide."""
+    if image_size % downsample:
+        raise ValueError(f"image_size={image_size} must be divisible by the downsampling factor {downsample}")
+    return image_size // downsample, image_size // downsample
 
 
 def _norm(channels: int) -> nn.GroupNorm:

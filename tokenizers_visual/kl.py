@@ -18,7 +18,7 @@ from mmgen.hub import PretrainedModel
 from mmgen.tokens import ContinuousContent, DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder
+from .conv import ConvDecoder, ConvEncoder, latent_grid
 from .vq import REC_LOSSES, default_channel_mult, reconstruction_loss
 
 __all__ = ["KLConfig", "KLImageTokenizer", "gaussian_kl"]
@@ -100,10 +100,7 @@ class KLImageTokenizer(PretrainedModel):
 
     def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
         """The ``(h, w)`` latent grid of a square image (``image_size`` defaults to the configured one)."""
-        size = self.cfg.image_size if image_size is None else image_size
-        if size % self.cfg.downsample:
-            raise ValueError(f"image_size={size} must be divisible by the downsampling factor {self.cfg.downsample}")
-        return size // self.cfg.downsample, size // self.cfg.downsample
+        return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid of continuous ``latent_dim`` vectors (position (y, x) is ``latents[:, :, y, x]``)."""

@@ -22,7 +22,7 @@ from mmgen.hub import PretrainedModel
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder, downsample_factor
+from .conv import ConvDecoder, ConvEncoder, downsample_factor, latent_grid
 
 __all__ = ["CosineVectorQuantizer", "VQConfig", "VQImageTokenizer", "default_channel_mult", "reconstruction_loss"]
 
@@ -231,10 +231,7 @@ class VQImageTokenizer(PretrainedModel):
 
     def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
         """The ``(h, w)`` id grid of a square image (``image_size`` defaults to the configured one)."""
-        size = self.cfg.image_size if image_size is None else image_size
-        if size % self.cfg.downsample:
-            raise ValueError(f"image_size={size} must be divisible by the downsampling factor {self.cfg.downsample}")
-        return size // self.cfg.downsample, size // self.cfg.downsample
+        return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid layout of one image's ids (row-major, matching ``ids.reshape(B, -1)``)."""
