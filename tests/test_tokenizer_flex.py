@@ -1,5 +1,7 @@
 """FlexImageTokenizer: 1D prefixes of any length decode; shorter prefixes are coarser, never better."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -7,8 +9,10 @@ from mmgen import DiscreteContent
 from mmgen.data import ShapesDataset
 from tokenizers_visual.flex import FlexImageTokenizer, FlexImageTokenizerConfig
 
-TINY = dict(image_size=16, patch_size=4, num_tokens=8, fsq_levels=[8, 5, 5, 5], enc_dim=32, enc_layers=1, enc_heads=2,
-            dec_dim=32, dec_layers=1, dec_heads=2, mlp_ratio=2.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"image_size": 16, "patch_size": 4, "num_tokens": 8, "fsq_levels": [8, 5, 5, 5], "enc_dim": 32, "enc_layers": 1,
+        "enc_heads": 2, "dec_dim": 32, "dec_layers": 1, "dec_heads": 2, "mlp_ratio": 2.0}
 
 
 def tiny(**overrides) -> FlexImageTokenizer:
@@ -20,9 +24,8 @@ def images(n: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
     return ShapesDataset(size=size, length=n, split="heldout", seed=seed).batch(range(n))["image"]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"conv_channels": 8}])
-def test_round_trip_shapes_and_dtypes(overrides):
-    tok, x = tiny(**overrides), images(3)
+def test_round_trip_shapes_and_dtypes():
+    tok, x = tiny(), images(3)
     with torch.no_grad():
         ids = tok.encode(x)
         assert ids.shape == (3, 8) and ids.dtype == torch.long
@@ -50,6 +53,7 @@ def test_eval_mode_is_deterministic_and_fsq_round_trips_ids():
         ids = tok.encode(x)
         assert torch.equal(tok.encode(x), ids)
         assert torch.equal(tok.decode(ids), tok.decode(ids))
+        assert torch.equal(tok.train().encode(x), ids)  # FSQ here has no train-only behaviour (no noise dropout)
         codes = tok.fsq.indices_to_codes(ids)
         assert torch.equal(tok.fsq.codes_to_indices(codes).long(), ids)
 
@@ -66,7 +70,7 @@ def test_layout_matches_tokens():
 
 
 def test_save_load_gives_identical_outputs(tmp_path):
-    tok, x = tiny(conv_channels=8), images(3)
+    tok, x = tiny(), images(3)
     tok.save_pretrained(tmp_path)
     loaded = FlexImageTokenizer.from_pretrained(tmp_path).eval()
     assert loaded.cfg == tok.cfg
@@ -141,7 +145,6 @@ def test_bad_inputs_raise_clear_errors():
         ({"num_tokens": 6}, "nested_dropout='pow2' needs num_tokens to be a power of two"),
         ({"nested_dropout": "random"}, "nested_dropout must be one of"),
         ({"enc_dim": 30, "enc_heads": 4}, "enc_dim=30 must be divisible by enc_heads=4"),
-        ({"conv_channels": 8, "patch_size": 3, "image_size": 15}, "needs patch_size to be a power of two"),
     ],
 )
 def test_config_validation(overrides, match):
@@ -153,12 +156,13 @@ def test_held_out_error_falls_monotonically_with_k():
     """Acceptance: after a short nested-dropout training, held-out MSE strictly drops through k = 1, 2, 4, 8."""
     torch.manual_seed(0)
     tok = FlexImageTokenizer(FlexImageTokenizerConfig(**{**TINY, "enc_dim": 48, "dec_dim": 48, "enc_heads": 4,
-                                                         "dec_heads": 4, "enc_layers": 2, "dec_layers": 2}))
-    train = ShapesDataset(size=16, length=300 * 32, split="train", seed=0)
+                                                         "dec_heads": 4, "nested_dropout": "uniform"}))
+    steps, batch = 400, 32
+    train = ShapesDataset(size=16, length=steps * batch, split="train", seed=0)
     held = images(128, seed=1)
-    opt = torch.optim.AdamW(tok.parameters(), lr=2e-3)
-    for step in range(300):
-        loss, _ = tok.loss(train.batch(range(step * 32, (step + 1) * 32))["image"])
+    opt = torch.optim.AdamW(tok.parameters(), lr=5e-3)
+    for step in range(steps):
+        loss, _ = tok.loss(train.batch(range(step * batch, (step + 1) * batch))["image"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -167,5 +171,5 @@ def test_held_out_error_falls_monotonically_with_k():
         ids = tok.encode(held)
         mse = [float(((tok.decode(ids[:, :k]) - held) ** 2).mean()) for k in (1, 2, 4, 8)]
     baseline = float(((held - held.mean(0, keepdim=True)) ** 2).mean())
-    assert all(a > b for a, b in zip(mse, mse[1:])), mse
-    assert mse[-1] < 0.6 * baseline, (mse, baseline)
+    assert all(a > b for a, b in itertools.pairwise(mse)), mse
+    assert mse[-1] < 0.35 * baseline, (mse, baseline)

@@ -18,6 +18,7 @@ Shapes: ``x_BCHW`` images in [-1, 1]; ``ids_BK`` token ids (K <= N); ``h_BLD`` t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -30,9 +31,8 @@ from mmgen.hub import PretrainedModel
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder
 
-__all__ = ["FlexImageTokenizerConfig", "FlexImageTokenizer", "NESTED_DROPOUT_MODES"]
+__all__ = ["NESTED_DROPOUT_MODES", "FlexImageTokenizer", "FlexImageTokenizerConfig"]
 
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "none")
 
@@ -57,7 +57,6 @@ class FlexImageTokenizerConfig:
     dec_layers: int = 4
     dec_heads: int = 4
     mlp_ratio: float = 4.0
-    conv_channels: int = 0
     nested_dropout: str = "pow2"
 
     def __post_init__(self) -> None:
@@ -66,10 +65,6 @@ class FlexImageTokenizerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.conv_channels, int) or self.conv_channels < 0:
-            raise ValueError(f"conv_channels must be an int >= 0, got {self.conv_channels!r}")
-        if self.conv_channels and self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"conv_channels > 0 needs patch_size to be a power of two, got {self.patch_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
         levels = list(self.fsq_levels)
@@ -99,7 +94,8 @@ def _sincos_2d(grid: int, dim: int) -> torch.Tensor:
     """Fixed 2D sin-cos position table ``[grid*grid, dim]`` (rows then columns, MAE-style frequencies)."""
     quarter = dim // 4
     freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    axis = torch.arange(grid, dtype=torch.float32)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     angles_y, angles_x = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
     table = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
     return F.pad(table, (0, dim - table.shape[1]))
@@ -135,21 +131,17 @@ class FlexImageTokenizer(PretrainedModel):
         patch_dim = 3 * cfg.patch_size**2
         code_dim = len(cfg.fsq_levels)
         # encoder
-        if cfg.conv_channels:
-            mult = (1,) + (2,) * (cfg.patch_size.bit_length() - 1)
-            self.conv_in = ConvEncoder(channels=cfg.conv_channels, channel_mult=mult, out_channels=cfg.enc_dim)
-            self.conv_out = ConvDecoder(in_channels=cfg.dec_dim, channels=cfg.conv_channels, channel_mult=mult)
-        else:
-            self.patch_embed = nn.Linear(patch_dim, cfg.enc_dim)
-            self.to_pixels = nn.Linear(cfg.dec_dim, patch_dim)
+        self.patch_embed = nn.Linear(patch_dim, cfg.enc_dim)
+        self.to_pixels = nn.Linear(cfg.dec_dim, patch_dim)  # the decoder's head, the mirror of patch_embed
         self.enc_patch_pos = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.enc_dim))
         self.registers = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.enc_dim))
         self.encoder = nn.ModuleList(_Block(cfg.enc_dim, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_layers))
         self.enc_norm = nn.LayerNorm(cfg.enc_dim)
         self.to_code = nn.Linear(cfg.enc_dim, code_dim)
         # FSQ has no parameters, only buffers derived from the levels, and calls .item() while building them,
-        # which fails on the meta device that checkpoint validation builds models on: build it on the CPU.
-        with torch.device("cpu"):
+        # which fails on the meta device that checkpoint validation builds models on: build it on the CPU there.
+        on_meta = torch.empty(0).device.type == "meta"
+        with torch.device("cpu") if on_meta else contextlib.nullcontext():
             self.fsq = FSQ(levels=cfg.fsq_levels)
         # decoder
         self.from_code = nn.Linear(code_dim, cfg.dec_dim)
@@ -239,16 +231,15 @@ class FlexImageTokenizer(PretrainedModel):
         if num_tokens is None:
             return self.max_tokens
         if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or not 1 <= num_tokens <= self.max_tokens:
-            raise ValueError(f"{name} must be an int in [1, {self.max_tokens}] (the tokenizer's max_tokens), got {num_tokens!r}")
+            raise ValueError(
+                f"{name} must be an int in [1, {self.max_tokens}] (the tokenizer's max_tokens), got {num_tokens!r}"
+            )
         return num_tokens
 
     def _encode_latents(self, x_BCHW: torch.Tensor, k: int) -> torch.Tensor:
         """Run the encoder with the first k registers only (exact: registers are causal) → ``[B, k, C]``."""
         p, num_patches = self.cfg.patch_size, self.cfg.num_patches
-        if self.cfg.conv_channels:
-            patches_BLD = rearrange(self.conv_in(x_BCHW), "b d h w -> b (h w) d")
-        else:
-            patches_BLD = self.patch_embed(rearrange(x_BCHW, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p))
+        patches_BLD = self.patch_embed(rearrange(x_BCHW, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p))
         h_BLD = torch.cat(
             [patches_BLD + self.enc_patch_pos, self.registers[:, :k].expand(x_BCHW.shape[0], -1, -1)], dim=1
         )
@@ -283,8 +274,5 @@ class FlexImageTokenizer(PretrainedModel):
         h_BLD = torch.cat([self.patch_queries.expand(batch, -1, -1), registers_BND + self.dec_register_pos], dim=1)
         for block in self.decoder:
             h_BLD = block(h_BLD)
-        grid_BLD = self.dec_norm(h_BLD[:, : self.cfg.num_patches])
-        if self.cfg.conv_channels:
-            return self.conv_out(rearrange(grid_BLD, "b (h w) d -> b d h w", h=g, w=g))
-        pixels = self.to_pixels(grid_BLD)
+        pixels = self.to_pixels(self.dec_norm(h_BLD[:, : self.cfg.num_patches]))
         return rearrange(pixels, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, w=g, p1=p, p2=p)
