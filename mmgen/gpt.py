@@ -51,6 +51,8 @@ class GPTConfig:
     num_classes: int = 0
     text_max_len: int = 0
     adaln_dim: int = 0
+    input_dim: int = 0
+    start_token: bool = False
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -60,7 +62,7 @@ class GPTConfig:
         self.vocab_size = sizes[0] if len(sizes) == 1 else sizes
         for name in ("dim", "n_layers", "n_heads", "coord_rank", "max_seq_len"):
             _require_positive(name, getattr(self, name))
-        for name in ("num_classes", "text_max_len", "adaln_dim"):
+        for name in ("num_classes", "text_max_len", "adaln_dim", "input_dim"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
         self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
@@ -208,6 +210,8 @@ class GPT(PretrainedModel):
         self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
         self.class_embedding = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.num_classes else None
         self.text_embedding = nn.Embedding(TEXT_VOCAB_SIZE, cfg.dim) if cfg.text_max_len else None
+        self.input_proj = nn.Linear(cfg.input_dim, cfg.dim) if cfg.input_dim else None
+        self.start_embedding = nn.Parameter(torch.zeros(cfg.dim)) if cfg.start_token else None
         self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -215,6 +219,8 @@ class GPT(PretrainedModel):
         heads = () if cfg.tie_embeddings else (nn.Linear(cfg.dim, v, bias=False) for v in cfg.codebook_sizes)
         self.heads = nn.ModuleList(heads)
         self.apply(self._init_weights)
+        if self.start_embedding is not None:
+            nn.init.normal_(self.start_embedding, std=cfg.init_std)
         for module in [block.adaln for block in self.layers] + [self.final_adaln]:
             if module is not None:
                 nn.init.zeros_(module.weight)
@@ -236,6 +242,20 @@ class GPT(PretrainedModel):
         if len(self.tok_embeddings) == 1:
             return self.tok_embeddings[0](ids)
         return sum(table(ids[..., d]) for d, table in enumerate(self.tok_embeddings))
+
+    def embed_inputs(self, x_BTC: torch.Tensor) -> torch.Tensor:
+        """Continuous inputs ``[B, T, input_dim]`` (VAR's next-scale features, continuous latents) → ``[B, T, dim]``."""
+        if self.input_proj is None:
+            raise ValueError("continuous inputs given, but the model was built with input_dim=0")
+        if x_BTC.dim() != 3 or x_BTC.shape[-1] != self.cfg.input_dim:
+            raise ValueError(f"continuous inputs must have shape [B, T, {self.cfg.input_dim}], got {tuple(x_BTC.shape)}")
+        return self.input_proj(x_BTC)
+
+    def start_inputs(self, batch_size: int, length: int) -> torch.Tensor:
+        """The learned start embedding ``[B, length, dim]``: the input of the first group, which has nothing before it."""
+        if self.start_embedding is None:
+            raise ValueError("a start input is needed, but the model was built with start_token=False")
+        return self.start_embedding.view(1, 1, -1).expand(batch_size, length, -1)
 
     def embed_class(self, class_labels: torch.Tensor) -> torch.Tensor:
         """Class ids ``[B]`` → one prefix token ``[B, 1, dim]``; id ``num_classes`` is the null class."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +42,14 @@ class PretrainedModel(ModelMixin, ConfigMixin):
 
     config_name = CONFIG_NAME
     config_class: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # diffusers' pipeline loader imports a component's module (model_index.json names e.g. "mmgen.gpt")
+        # and recognises a loadable class by ``issubclass(cls, module.ModelMixin)``: expose it there.
+        module = sys.modules.get(cls.__module__)
+        if module is not None and not hasattr(module, "ModelMixin"):
+            module.ModelMixin = ModelMixin
 
     def _register_typed_config(self, config: Any) -> Any:
         """Accept the dataclass (or its dict form), record it as the diffusers config, return the dataclass."""

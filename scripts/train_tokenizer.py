@@ -28,7 +28,7 @@ import yaml
 
 from mmgen.data import PhotoCrops, ShapesDataset
 from mmgen.hub import config_from_dict
-from mmgen.metrics import codebook_usage, psnr, ssim
+from mmgen.metrics import codebook_usage, prompt_adherence, psnr, ssim
 
 
 def build_tokenizer(preset: Path) -> torch.nn.Module:
@@ -74,13 +74,20 @@ def _reconstruct(tok: torch.nn.Module, images: torch.Tensor, *, batch_size: int,
 
 
 @torch.no_grad()
-def evaluate(tok: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64) -> dict[str, float]:
-    """PSNR / SSIM of ``decode(encode(images))`` (and usage / perplexity of discrete ids), in eval mode."""
+def evaluate(tok: torch.nn.Module, images: torch.Tensor, *, class_ids: torch.Tensor | None = None,
+             batch_size: int = 64) -> dict[str, float]:
+    """PSNR / SSIM of ``decode(encode(images))`` (and usage / perplexity of discrete ids), in eval mode.
+
+    With ``class_ids`` (shapes), also ``judged_right``: the fraction of reconstructions whose shape and colour
+    :func:`mmgen.metrics.prompt_adherence` still reads as their class, the ceiling for a generator on these tokens.
+    """
     was_training = tok.training
     tok.eval()
     try:
         rec, ids = _reconstruct(tok, images, batch_size=batch_size)
         results = {"psnr": psnr(rec, images.float()), "ssim": ssim(rec, images.float())}
+        if class_ids is not None:
+            results["judged_right"] = prompt_adherence(rec, class_ids)
         codebook_size = getattr(tok, "codebook_size", None)
         if ids and isinstance(codebook_size, int):
             results.update(codebook_usage(torch.cat(ids), codebook_size))
@@ -167,20 +174,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"{type(tok).__name__} from {args.preset}: {num_params / 1e6:.3f} M parameters, images {size}x{size}, "
           f"{args.threads} thread(s) on {device}", flush=True)
 
+    heldout = ShapesDataset(size=size, length=args.eval_shapes, split="heldout", seed=args.seed).batch(range(args.eval_shapes))
     eval_sets = {
-        f"shapes heldout ({args.eval_shapes})": ShapesDataset(size=size, length=args.eval_shapes, split="heldout",
-                                                              seed=args.seed).batch(range(args.eval_shapes))["image"],
-        f"photo crops ({args.eval_photos})": PhotoCrops(size=size, num_crops=args.eval_photos, seed=args.seed).images_NCHW,
+        f"shapes heldout ({args.eval_shapes})": (heldout["image"], heldout["class_id"]),
+        f"photo crops ({args.eval_photos})": (PhotoCrops(size=size, num_crops=args.eval_photos, seed=args.seed).images_NCHW, None),
     }
-    eval_sets = {name: images.to(device) for name, images in eval_sets.items()}
-    before = {name: evaluate(tok, images) for name, images in eval_sets.items()}
+    eval_sets = {name: (images.to(device), ids) for name, (images, ids) in eval_sets.items()}
+    before = {name: evaluate(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
 
     start = time.perf_counter()
     train(tok, steps=args.steps, batch_size=args.batch_size, lr=args.lr, size=size, seed=args.seed, device=device,
           weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_every=args.log_every)
     train_seconds = time.perf_counter() - start
 
-    after = {name: evaluate(tok, images) for name, images in eval_sets.items()}
+    after = {name: evaluate(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
     print()
     print(markdown_table(before, after))
     print(f"\ntraining: {args.steps} steps x {args.batch_size} images in {train_seconds:.1f} s "
