@@ -9,6 +9,7 @@ from importlib import import_module
 from typing import Any
 
 from . import data, metrics, sampling
+from .flow_head import FlowHead, FlowHeadConfig
 from .gpt import GPT, GPTConfig, KVCache, split_guidance_batch
 from .sampling import GuidanceSchedule, SamplingConfig, apply_guidance, filtered_probs, sample
 from .tokens import ContinuousContent, DiscreteContent, TokenContent, TokenLayout
@@ -33,6 +34,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "GPT",
+    "FlowHead",
+    "FlowHeadConfig",
     "GPTConfig",
     "KVCache",
     "split_guidance_batch",

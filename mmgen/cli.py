@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,6 +38,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train what a YAML config describes (a tokenizer or a generator pipeline) with accelerate."""
+    from .training import Trainer, load_config
+
+    overrides = {"output_dir": str(args.output_dir)} if args.output_dir else None
+    cfg = load_config(args.config, overrides=overrides)
+    report = Trainer(cfg).fit(resume=args.resume)
+    if "eval" in report:
+        print(json.dumps(report["eval"], indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(run=_demo)
+    train = commands.add_parser("train", help="train a tokenizer or a generator from a YAML config (accelerate)")
+    train.add_argument("config", type=Path, help="YAML run config, e.g. configs/pipelines/next-token-shapes32.yaml")
+    train.add_argument("--resume", default=None, help='"latest" or a checkpoint folder to continue from')
+    train.add_argument("--output-dir", type=Path, default=None, help="where checkpoints, logs and the model go (overrides the config)")
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -52,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"mmgen {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ predictions per group with a scale from :class:`mmgen.sampling.GuidanceSchedule`
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
@@ -168,15 +170,15 @@ class ARImagePipeline(DiffusionPipeline):
                 raise TypeError("class_labels must be an int, a list of ints or a 1-D integer tensor")
             labels = class_labels.flatten().tolist()
         else:
-            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+            labels = [class_labels] if isinstance(class_labels, numbers.Integral) else list(class_labels)
         if not labels:
             raise ValueError("class_labels must not be empty")
         for label in labels:
-            if isinstance(label, bool) or not isinstance(label, int):
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
                 raise TypeError(f"class_labels must hold ints, got {label!r}")
             if not 0 <= label < self.gpt.cfg.num_classes:
                 raise ValueError(f"unknown class id {label}: class_labels must lie in [0, {self.gpt.cfg.num_classes})")
-        return labels
+        return [int(label) for label in labels]
 
     def _class_condition(self, labels: list[int], repeat: int, guided: bool, prompts: list[str] | None,
                          *, allow_null: bool = False) -> Condition:
@@ -195,7 +197,9 @@ class ARImagePipeline(DiffusionPipeline):
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         drop = torch.rand(batch_size, generator=generator, device="cpu") < cond_drop_prob
         if prompt is not None:
-            ids = self.gpt.encode_text(self._check_prompts(prompt))
+            if isinstance(prompt, str) or not all(isinstance(p, str) for p in prompt):
+                raise TypeError("prompt must be a list of str (one per training image; \"\" is the null prompt)")
+            ids = self.gpt.encode_text(list(prompt))
             ids[drop.to(ids.device)] = TEXT_PAD_ID
             return self.gpt.embed_text(ids)
         if class_labels is not None:
@@ -215,21 +219,31 @@ class ARImagePipeline(DiffusionPipeline):
         """Input embeddings ``[B, n_group, dim]`` of ``group``'s slots, from what was drawn before."""
         raise NotImplementedError
 
-    def draw_group(self, group: int, hidden_RnD: torch.Tensor, *, guidance: float, seeds_B: torch.Tensor,
-                   slot_offset: int, options: dict[str, Any]) -> Any:
-        """Draw group ``group``'s tokens from the GPT's hidden states at its slots (cond rows first under guidance)."""
+    def draw_group(self, group: int, hidden_RnD: torch.Tensor, *, state: list[Any], guidance: float,
+                   seeds_B: torch.Tensor, slot_offset: int, options: dict[str, Any]) -> Any:
+        """Draw group ``group``'s tokens from the GPT's hidden states at its slots (cond rows first under guidance).
+
+        ``state`` holds what earlier groups drew; the return value is appended to it.
+        """
         raise NotImplementedError
 
     def finish(self, state: list[Any]) -> tuple[Any, torch.Tensor | None]:
         """``(tokens, images [B, 3, H, W] in [-1, 1])`` from the drawn groups; images None if not decodable."""
         raise NotImplementedError
 
-    def teacher_inputs(self, tokens: Any) -> tuple[torch.Tensor, Any]:
+    def teacher_inputs(self, tokens: Any, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Any]:
         """Training: body inputs ``[B, L, dim]`` under teacher forcing, and the targets for :meth:`body_loss`."""
         raise NotImplementedError
 
     def body_loss(self, hidden_BLD: torch.Tensor, targets: Any, *, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def categorical_loss(self, hidden_BLD: torch.Tensor, ids_BL: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the GPT's categorical head against the true ids (teacher forcing), with accuracy."""
+        logits = self.gpt.logits(hidden_BLD)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids_BL.flatten())
+        accuracy = (logits.argmax(-1) == ids_BL).float().mean()
+        return loss, {"ce": loss.item(), "accuracy": accuracy.item()}
 
     # ---- the loop ----------------------------------------------------------------------------------
     def _generate(
@@ -261,9 +275,10 @@ class ARImagePipeline(DiffusionPipeline):
                     hidden = self.gpt.hidden_states(x, layout=full, start_pos=pos)[:, -n:]
                     pos += x.shape[1]
                     scale = guidance.scale_at(g, len(sizes)) if cond.guided else 1.0
-                    state.append(self.draw_group(g, hidden, guidance=scale, seeds_B=seeds_B, slot_offset=slot, options=options))
+                    state.append(self.draw_group(g, hidden, state=state, guidance=scale, seeds_B=seeds_B,
+                                                 slot_offset=slot, options=options))
                     slot += n
-                    if callback_on_step_end is not None:
+                    if callback_on_step_end is not None:  # its return value is not used: tokens are not editable mid-run
                         callback_on_step_end(self, g, g, {"tokens": state[-1]})
                     bar.update()
         finally:
@@ -335,7 +350,7 @@ class ARImagePipeline(DiffusionPipeline):
         ``cond_drop_prob`` replaces that share of conditions by the null condition, which classifier-free
         guidance needs at sampling time; a positive value marks the pipeline ``null_condition_trained``.
         """
-        inputs_BLD, targets = self.teacher_inputs(tokens)
+        inputs_BLD, targets = self.teacher_inputs(tokens, generator=generator)
         B = inputs_BLD.shape[0]
         prefix = self.training_prefix(class_labels=class_labels, prompt=prompt, batch_size=B,
                                       cond_drop_prob=cond_drop_prob, generator=generator)

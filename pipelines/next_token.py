@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from mmgen.gpt import GPT
 from mmgen.sampling import GuidanceSchedule
@@ -75,8 +74,8 @@ class NextTokenPipeline(ARImagePipeline):
             return self.gpt.start_inputs(batch_size, 1)
         return self.gpt.embed_tokens(state[-1])
 
-    def draw_group(self, group: int, hidden_RnD: torch.Tensor, *, guidance: float, seeds_B: torch.Tensor,
-                   slot_offset: int, options: dict[str, Any]) -> torch.Tensor:
+    def draw_group(self, group: int, hidden_RnD: torch.Tensor, *, state: list[Any], guidance: float,
+                   seeds_B: torch.Tensor, slot_offset: int, options: dict[str, Any]) -> torch.Tensor:
         return self.sample_ids(self.gpt.logits(hidden_RnD), guidance=guidance, seeds_B=seeds_B,
                                slot_offset=slot_offset, options=options)
 
@@ -93,7 +92,7 @@ class NextTokenPipeline(ARImagePipeline):
         """Images ``[B, 3, H, W]`` in [-1, 1] → the ids the GPT learns: ``[B, L]`` in generation order."""
         return self.tokenizer.encode(images).flatten(1)
 
-    def teacher_inputs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_inputs(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ids_BL = tokens.flatten(1)
         if ids_BL.shape[1] != self.max_tokens:
             raise ValueError(f"tokens must hold {self.max_tokens} ids per image, got {ids_BL.shape[1]}")
@@ -101,10 +100,7 @@ class NextTokenPipeline(ARImagePipeline):
         return torch.cat([start, self.gpt.embed_tokens(ids_BL[:, :-1])], dim=1), ids_BL
 
     def body_loss(self, hidden_BLD: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.gpt.logits(hidden_BLD)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        accuracy = (logits.argmax(-1) == targets).float().mean()
-        return loss, {"ce": loss.item(), "accuracy": accuracy.item()}
+        return self.categorical_loss(hidden_BLD, targets)
 
     # ---- call --------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -16,9 +16,7 @@ train-split shapes every step, so there is no overfitting to a fixed set.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,78 +25,16 @@ import torch
 import yaml
 
 from mmgen.data import PhotoCrops, ShapesDataset
-from mmgen.hub import config_from_dict
-from mmgen.metrics import codebook_usage, prompt_adherence, psnr, ssim
+from mmgen.training.builders import build_tokenizer
+from mmgen.training.evaluation import reconstruction_metrics
 
 
-def build_tokenizer(preset: Path) -> torch.nn.Module:
-    """The tokenizer a preset describes: ``class`` from ``tokenizers_visual``, the other keys its config."""
-    import tokenizers_visual
-
+def build_from_preset(preset: Path) -> torch.nn.Module:
+    """The tokenizer a preset file describes: ``class`` from ``tokenizers_visual``, the other keys its config."""
     values = yaml.safe_load(preset.read_text())
     if not isinstance(values, dict) or "class" not in values:
         raise ValueError(f"{preset}: a preset is a YAML mapping with a 'class' key (e.g. class: VQImageTokenizer)")
-    values = dict(values)
-    name = values.pop("class")
-    cls = getattr(tokenizers_visual, str(name), None)
-    if cls is None or not hasattr(cls, "config_class"):
-        raise ValueError(f"{preset}: class {name!r} is not a tokenizer exported by tokenizers_visual")
-    return cls(config_from_dict(cls.config_class, values, source=str(preset)))
-
-
-def _integer_tensors(tokens: Any) -> list[torch.Tensor]:
-    """The id tensors inside whatever ``encode`` returned (a tensor, or a list / dict of them)."""
-    if isinstance(tokens, torch.Tensor):
-        return [] if tokens.is_floating_point() else [tokens]
-    if isinstance(tokens, (list, tuple)):
-        return [t for item in tokens for t in _integer_tensors(item)]
-    if isinstance(tokens, dict):
-        return [t for item in tokens.values() for t in _integer_tensors(item)]
-    return []
-
-
-def _prefix_lengths(total: int) -> list[int]:
-    """1, 2, 4, ... up to and including ``total``."""
-    lengths = [2**i for i in range(int(math.log2(total)) + 1)]
-    return lengths if lengths[-1] == total else lengths + [total]
-
-
-@torch.no_grad()
-def _reconstruct(tok: torch.nn.Module, images: torch.Tensor, *, batch_size: int, **encode_kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    recs, ids = [], []
-    for start in range(0, images.shape[0], batch_size):
-        tokens = tok.encode(images[start:start + batch_size], **encode_kwargs)
-        ids.extend(t.flatten() for t in _integer_tensors(tokens))
-        recs.append(tok.decode(tokens).float())
-    return torch.cat(recs), ids
-
-
-@torch.no_grad()
-def evaluate(tok: torch.nn.Module, images: torch.Tensor, *, class_ids: torch.Tensor | None = None,
-             batch_size: int = 64) -> dict[str, float]:
-    """PSNR / SSIM of ``decode(encode(images))`` (and usage / perplexity of discrete ids), in eval mode.
-
-    With ``class_ids`` (shapes), also ``judged_right``: the fraction of reconstructions whose shape and colour
-    :func:`mmgen.metrics.prompt_adherence` still reads as their class, the ceiling for a generator on these tokens.
-    """
-    was_training = tok.training
-    tok.eval()
-    try:
-        rec, ids = _reconstruct(tok, images, batch_size=batch_size)
-        results = {"psnr": psnr(rec, images.float()), "ssim": ssim(rec, images.float())}
-        if class_ids is not None:
-            results["judged_right"] = prompt_adherence(rec, class_ids)
-        codebook_size = getattr(tok, "codebook_size", None)
-        if ids and isinstance(codebook_size, int):
-            results.update(codebook_usage(torch.cat(ids), codebook_size))
-        if "num_tokens" in inspect.signature(tok.encode).parameters:
-            total = _integer_tensors(tok.encode(images[:1]))[0].shape[1]
-            for k in _prefix_lengths(total):
-                rec_k, _ = _reconstruct(tok, images, batch_size=batch_size, num_tokens=k)
-                results[f"psnr@k={k}"] = psnr(rec_k, images.float())
-    finally:
-        tok.train(was_training)
-    return results
+    return build_tokenizer(values, source=str(preset))
 
 
 def markdown_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
@@ -168,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    tok = build_tokenizer(args.preset).to(device)
+    tok = build_from_preset(args.preset).to(device)
     size = args.size or int(tok.config.get("image_size", 32))
     num_params = sum(p.numel() for p in tok.parameters())
     print(f"{type(tok).__name__} from {args.preset}: {num_params / 1e6:.3f} M parameters, images {size}x{size}, "
@@ -180,14 +116,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"photo crops ({args.eval_photos})": (PhotoCrops(size=size, num_crops=args.eval_photos, seed=args.seed).images_NCHW, None),
     }
     eval_sets = {name: (images.to(device), ids) for name, (images, ids) in eval_sets.items()}
-    before = {name: evaluate(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
+    before = {name: reconstruction_metrics(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
 
     start = time.perf_counter()
     train(tok, steps=args.steps, batch_size=args.batch_size, lr=args.lr, size=size, seed=args.seed, device=device,
           weight_decay=args.weight_decay, grad_clip=args.grad_clip, log_every=args.log_every)
     train_seconds = time.perf_counter() - start
 
-    after = {name: evaluate(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
+    after = {name: reconstruction_metrics(tok, images, class_ids=ids) for name, (images, ids) in eval_sets.items()}
     print()
     print(markdown_table(before, after))
     print(f"\ntraining: {args.steps} steps x {args.batch_size} images in {train_seconds:.1f} s "

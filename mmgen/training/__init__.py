@@ -1,0 +1,21 @@
+"""Training on accelerate: one loop for tokenizers and generators, YAML configs, resumable checkpoints."""
+
+from .builders import build_pipeline, build_tokenizer, load_tokenizer
+from .config import CheckpointConfig, DataConfig, EvalConfig, OptimConfig, TrainConfig, load_config
+from .trainer import Trainer, encode_dataset, list_checkpoints, train
+
+__all__ = [
+    "TrainConfig",
+    "DataConfig",
+    "OptimConfig",
+    "EvalConfig",
+    "CheckpointConfig",
+    "load_config",
+    "Trainer",
+    "train",
+    "encode_dataset",
+    "list_checkpoints",
+    "build_pipeline",
+    "build_tokenizer",
+    "load_tokenizer",
+]

@@ -1,0 +1,238 @@
+"""Training configuration: typed dataclasses read from YAML; unknown or mistyped keys fail with their path.
+
+One file describes one run: what is trained (``kind: tokenizer`` or ``kind: generator``), on which
+data, with which optimiser, how it is evaluated and where it is written. Presets live in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "TrainConfig", "load_config", "config_from_mapping"]
+
+KINDS = ("tokenizer", "generator")
+PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
+CONDITIONS = ("class", "text")
+DATASETS = ("shapes", "folder", "hf")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    """Images to learn from: built-in ``shapes``, a ``folder`` of images, or a local Hugging Face ``hf`` dataset.
+
+    ``num_images`` caps how many are used (shapes: how many are rendered); ``tokens`` names a folder written
+    by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
+    """
+
+    dataset: str = "shapes"
+    path: str | None = None
+    image_column: str = "image"
+    label_column: str | None = None
+    image_size: int = 32
+    num_images: int = 16384
+    seed: int = 0
+    num_workers: int = 0
+    tokens: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then cosine decay to ``min_lr_ratio · lr`` (or constant)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.0
+    mixed_precision: str = "no"
+
+
+@dataclass
+class EvalConfig:
+    """What the final (and periodic) evaluation runs. Generators: prompt adherence on the shapes classes."""
+
+    every: int = 0
+    samples_per_class: int = 10
+    batch_size: int = 42
+    guidance_scale: float = 1.0
+    guidance_kind: str = "constant"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    num_flow_steps: int | None = None
+    num_images: int = 256
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable state every ``every`` steps (0: only at the end), keeping the newest ``keep``."""
+
+    every: int = 0
+    keep: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. ``tokenizer`` is a preset mapping (``class:`` + config fields) to train, or, for a
+    generator, the folder of a trained tokenizer (relative paths are relative to the config file)."""
+
+    kind: str = "generator"
+    tokenizer: Any = None
+    pipeline: str = "NextTokenPipeline"
+    pipeline_args: dict[str, Any] = field(default_factory=dict)
+    condition: str = "class"
+    gpt: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] | None = None
+    cond_drop_prob: float = 0.1
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    threads: int | None = None
+    log_every: int = 50
+    output_dir: str = "outputs/run"
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, KINDS)
+        _choice("data.dataset", self.data.dataset, DATASETS)
+        _choice("optim.schedule", self.optim.schedule, SCHEDULES)
+        _choice("optim.mixed_precision", self.optim.mixed_precision, PRECISIONS)
+        if self.kind == "generator":
+            _choice("pipeline", self.pipeline, PIPELINES)
+            _choice("condition", self.condition, CONDITIONS)
+            if not isinstance(self.tokenizer, str):
+                raise ValueError("tokenizer: a generator config names the folder of a trained tokenizer (a string)")
+        elif not isinstance(self.tokenizer, dict) or "class" not in self.tokenizer:
+            raise ValueError("tokenizer: a tokenizer config is a mapping with a 'class' key and the config fields")
+        for name in ("optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
+                     "eval.batch_size", "checkpoint.keep"):
+            value = _lookup(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if not 0.0 <= self.optim.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.optim.ema_decay}")
+        if self.optim.batch_size % self.optim.grad_accum_steps:
+            raise ValueError(f"optim.batch_size={self.optim.batch_size} must be divisible by optim.grad_accum_steps={self.optim.grad_accum_steps}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def config_from_mapping(cls: type, values: Any, *, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses and checking every value's type."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ValueError(f"unknown config key(s) {[where + k for k in unknown]}; {cls.__name__} takes {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{path}.{name}" if path else name
+        kwargs[name] = _convert(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return config_from_mapping(hint, value, path=key)
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        return origin(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ValueError(f"{key}: unsupported config type {hint}")
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML run config; ``overrides`` (e.g. ``{"output_dir": ...}``) replace top-level keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    values = dict(values or {})
+    values.update(overrides or {})
+    if isinstance(values.get("tokenizer"), str) and not Path(values["tokenizer"]).is_absolute():
+        values["tokenizer"] = str((path.parent / values["tokenizer"]).resolve())
+    try:
+        return config_from_mapping(TrainConfig, values)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
