@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .gpt import GPT, GPTConfig
+from .demo import DEFAULT_CHECKPOINTS
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Class-conditional generation with CFG from a randomly initialised tiny GPT: the whole decode path, end to end."""
-    torch.manual_seed(args.seed)
-    gpt = GPT(GPTConfig(vocab_size=1024, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, num_classes=21, max_seq_len=512)).eval()
-    labels = torch.arange(args.num_samples) % 21
+    """Every shapes prompt with each paradigm's shipped checkpoint: PNGs, grids, manifest.json and index.html."""
+    from .demo import run_demo
+
     start = time.perf_counter()
-    tokens = gpt.generate(
-        torch.zeros(args.num_samples, 0, dtype=torch.long),
-        max_new_tokens=args.num_tokens,
-        class_labels=labels,
-        guidance_scale=args.guidance_scale,
-        temperature=1.0,
-        top_k=100,
-        top_p=0.95,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in gpt.parameters()) / 1e6
-    print(f"mmgen demo: random {params:.1f}M-parameter GPT, {args.num_samples} samples x {args.num_tokens} tokens, CFG {args.guidance_scale}")
-    for label, row in zip(labels.tolist(), tokens.tolist()):
-        print(f"  class {label:2d}: {' '.join(map(str, row[:12]))} ...")
-    print(f"{tokens.numel() / seconds:.0f} tokens/s ({seconds:.2f} s)")
+    manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
+                        seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm)
+    for paradigm, info in manifest["paradigms"].items():
+        print(f"{paradigm:>10}: {info['num_samples']} samples, prompt adherence {info['prompt_adherence']:.0%}, "
+              f"{info['seconds_per_sample'] * 1000:.0f} ms/sample")
+    print(f"wrote {len(manifest['samples'])} PNGs, grids, manifest.json and index.html to {args.out} "
+          f"in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -44,26 +37,308 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = {"output_dir": str(args.output_dir)} if args.output_dir else None
     cfg = load_config(args.config, overrides=overrides)
-    report = Trainer(cfg).fit(resume=args.resume)
+    report = Trainer(cfg, config_path=str(args.config)).fit(resume=args.resume)
     if "eval" in report:
         print(json.dumps(report["eval"], indent=2, default=float))
     return 0
 
 
+MANIFEST = "manifest.json"
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device name such as cpu, cuda or cuda:1."""
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ---- tokenize ------------------------------------------------------------------------------------------
+def _tokens_folder(args: argparse.Namespace, cfg: Any) -> Path:
+    """--output-dir, else the config's data.tokens, else <output_dir>/tokens; refused if it holds files."""
+    if args.output_dir:
+        folder, origin = Path(args.output_dir), "--output-dir"
+    elif cfg.data.tokens:
+        folder, origin = Path(cfg.data.tokens), "data.tokens of the config"
+    else:
+        folder, origin = Path(cfg.output_dir) / "tokens", "output_dir/tokens of the config"
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{str(folder)!r} ({origin}) exists and is not an empty folder; "
+                              "choose a new one with --output-dir or delete it first")
+    return folder
+
+
+def _token_meta(cfg: Any, pipe: Any, tokens: torch.Tensor) -> dict[str, Any]:
+    """What training checks and needs besides the tokens: the paradigm, its tokenizer, the data, latent statistics."""
+    data = cfg.data
+    meta: dict[str, Any] = {
+        "pipeline": cfg.pipeline, "pipeline_args": cfg.pipeline_args, "tokenizer": cfg.tokenizer, "condition": cfg.condition,
+        "data": {"dataset": data.dataset, "path": data.path, "image_size": data.image_size, "num_images": data.num_images, "seed": data.seed},
+        "token_shape": list(tokens.shape[1:]), "token_dtype": str(tokens.dtype).removeprefix("torch."),
+    }
+    if getattr(pipe, "head", None) is not None:
+        meta["latent_mean"] = pipe.head.latent_mean.cpu().tolist()
+        meta["latent_std"] = pipe.head.latent_std.cpu().tolist()
+    return meta
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    """Encode a generator config's dataset once into token shards that `train` reads through data.tokens."""
+    from .training import build_pipeline, encode_dataset, load_config
+    from .training.data import build_image_source, save_token_shards
+    from .training.trainer import fit_latent_statistics
+
+    cfg = load_config(args.config)
+    if cfg.kind != "generator":
+        raise ValueError(f"{args.config}: kind is {cfg.kind!r}; tokenize needs a generator config (kind: generator)")
+    folder = _tokens_folder(args, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    pipe = build_pipeline(cfg).to(args.device)
+    images = build_image_source(cfg.data)
+    fit_latent_statistics(pipe, images)  # continuous tokens are stored normalised by the data's statistics
+    tokens, labels = encode_dataset(pipe, images, batch_size=args.batch_size)
+    shards = save_token_shards(folder, tokens, labels, shard_size=args.shard_size, meta=_token_meta(cfg, pipe, tokens))
+    seconds = time.perf_counter() - start
+    print(f"mmgen tokenize: {tokens.shape[0]} items ({cfg.pipeline}, tokens {tuple(tokens.shape[1:])} {tokens.dtype}) "
+          f"in {len(shards)} shard(s) written to {folder} ({seconds:.1f} s)")
+    print(f"train from them with `data: {{tokens: {folder}}}` in the run config")
+    return 0
+
+
+# ---- generate ------------------------------------------------------------------------------------------
+def _pipeline_source(text: str) -> str:
+    """A local folder, or a hub repo id ("owner/name"); a path-like name that does not exist is an error."""
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"pipeline {text!r} is a file; expected a saved pipeline folder or a hub repo id")
+        return str(path)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"pipeline folder {text!r} does not exist (a hub repo id looks like owner/name)")
+    return text
+
+
+def _load_pipeline(source: str) -> Any:
+    """``ARImagePipeline.from_pretrained`` (it builds the saved class); a hub failure names both readings of ``source``."""
+    import pipelines
+
+    try:
+        return pipelines.ARImagePipeline.from_pretrained(source)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise
+        raise FileNotFoundError(f"{source!r} is not a local folder, and loading it as a hub repo id failed: {err}") from err
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def _sample_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One entry per image: its condition, seed and file name; images of one condition are consecutive."""
+    if args.prompt:
+        conditions = [{"prompt": p, "class_id": None} for p in args.prompt]
+    elif args.class_label:
+        conditions = [{"prompt": None, "class_id": c} for c in args.class_label]
+    else:
+        conditions = [{"prompt": None, "class_id": None}]
+    plan = []
+    for cond in conditions:
+        for _ in range(args.num_samples):
+            index, seed = len(plan), args.seed + len(plan)
+            name = _slug(cond["prompt"]) if cond["prompt"] else f"class-{cond['class_id']}" if cond["class_id"] is not None else "unconditional"
+            plan.append({**cond, "seed": seed, "file": f"{index:04d}-{name}-seed{seed}.png"})
+    return plan
+
+
+def _check_targets(out: Path, plan: list[dict[str, Any]], *, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
+    existing = [name for name in [MANIFEST] + [item["file"] for item in plan] if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"--out {str(out)!r} already holds {existing[:3]}{' ...' if len(existing) > 3 else ''}; "
+                              "pass --overwrite to replace them, or choose another folder")
+
+
+def _call_options(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Sampling options for the pipeline's __call__; --num-flow-steps only where the paradigm has a flow head."""
+    options: dict[str, Any] = {"guidance_scale": args.guidance_scale, "temperature": args.temperature,
+                               "top_k": args.top_k, "top_p": args.top_p}
+    if args.num_flow_steps is not None:
+        if "num_flow_steps" not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(f"--num-flow-steps: a {type(pipe).__name__} has no flow head")
+        options["num_flow_steps"] = args.num_flow_steps
+    return options
+
+
+def _resolve_classes(pipe: Any, plan: list[dict[str, Any]]) -> None:
+    """Fill each image's class id (prompts map to class names); checks every condition before anything is generated."""
+    prompts = [item["prompt"] for item in plan if item["prompt"] is not None]
+    labels = [item["class_id"] for item in plan if item["class_id"] is not None]
+    if not prompts and not labels:
+        return
+    cond = pipe.prepare_condition(prompt=prompts or None, class_labels=labels or None, num_samples_per_prompt=1, guided=False)
+    for item, class_id in zip(plan, cond.class_ids):
+        item["class_id"] = class_id
+
+
+def _condition_kwargs(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    if batch[0]["prompt"] is not None:
+        return {"prompt": [item["prompt"] for item in batch]}
+    if batch[0]["class_id"] is not None:
+        return {"class_labels": [item["class_id"] for item in batch]}
+    return {"num_samples_per_prompt": len(batch)}
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Images from a saved pipeline, one PNG per sample (seed = --seed + index) and a manifest.json."""
+    source = _pipeline_source(args.pipeline)
+    plan = _sample_plan(args)
+    out = Path(args.out)
+    _check_targets(out, plan, overwrite=args.overwrite)
+    pipe = _load_pipeline(source).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    options = _call_options(pipe, args)
+    _resolve_classes(pipe, plan)
+    for first in range(0, len(plan), args.batch_size):
+        batch = plan[first:first + args.batch_size]
+        generators = [torch.Generator().manual_seed(item["seed"]) for item in batch]
+        start = time.perf_counter()
+        images = pipe(**_condition_kwargs(batch), generator=generators, output_type="pil", **options).images
+        seconds = (time.perf_counter() - start) / len(batch)
+        out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
+        for item, image in zip(batch, images):
+            _write_atomically(out / item["file"], lambda tmp, image=image: image.save(tmp, format="PNG"))
+            item["seconds"] = seconds
+    manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "options": options, "images": plan}
+    _write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    total = sum(item["seconds"] for item in plan)
+    print(f"mmgen generate: {len(plan)} image(s) from {source} written to {out} ({total:.2f} s); see {out / MANIFEST}")
+    return 0
+
+
+# ---- info ----------------------------------------------------------------------------------------------
+def _info(args: argparse.Namespace) -> int:
+    """Describe a pipeline, model, training run, checkpoint or token folder from headers only (nothing unpickled)."""
+    from .inspect_checkpoint import describe, format_description
+
+    info = describe(args.path)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------------
+def _command(commands: Any, name: str, *, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_tokenize(commands: Any) -> None:
+    cmd = _command(commands, "tokenize", summary="pre-extract a generator config's dataset into token shards",
+                   description="Encode every training image of a generator run config (kind: generator) with its tokenizer, "
+                               "once, into safetensors shards. A run config with `data: {tokens: DIR}` then trains from them "
+                               "without touching the images.",
+                   example="mmgen tokenize configs/shapes32/next-token.yaml --output-dir outputs/tokens-shapes32")
+    cmd.add_argument("config", type=Path, help="YAML run config with kind: generator")
+    cmd.add_argument("--output-dir", type=Path, default=None,
+                     help="empty or new folder for the shards (default: the config's data.tokens, else <output_dir>/tokens)")
+    cmd.add_argument("--shard-size", type=_positive_int, default=16384, help="items per shard file (default 16384)")
+    cmd.add_argument("--batch-size", type=_positive_int, default=256, help="images encoded at once (default 256)")
+    cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
+    cmd.set_defaults(run=_tokenize)
+
+
+def _add_generate(commands: Any) -> None:
+    cmd = _command(commands, "generate", summary="generate PNG images with a saved pipeline (folder or hub repo)",
+                   description="Load a pipeline saved with save_pretrained (a local folder or a hub repo id) and write one "
+                               "PNG per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
+                               "Sample i is drawn with seed --seed + i, so a rerun reproduces it exactly. Without "
+                               "--prompt or --class-label the samples are unconditional.",
+                   example='mmgen generate outputs/shapes32/next-token/pipeline --prompt "a red circle" --num-samples 4 --guidance-scale 3')
+    cmd.add_argument("pipeline", help="saved pipeline folder (with model_index.json) or hub repo id owner/name")
+    which = cmd.add_mutually_exclusive_group()
+    which.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable); class models match it to their class names")
+    which.add_argument("--class-label", action="append", type=int, default=None, help="a class id (repeatable)")
+    cmd.add_argument("--num-samples", type=_positive_int, default=1, help="images per prompt / class label (default 1)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
+    cmd.add_argument("--guidance-scale", type=float, default=1.0,
+                     help="classifier-free guidance; != 1 needs a pipeline trained with a null condition (default 1.0)")
+    cmd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    cmd.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens, 0 = all (default 0)")
+    cmd.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    cmd.add_argument("--num-flow-steps", type=_positive_int, default=None, help="flow steps per entity (NextXPipeline with a flow head)")
+    cmd.add_argument("--batch-size", type=_positive_int, default=16, help="images generated at once (default 16)")
+    cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
+    cmd.add_argument("--overwrite", action="store_true", help="replace images / manifest already in --out")
+    cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
+    cmd.set_defaults(run=_generate)
+
+
+def _add_info(commands: Any) -> None:
+    cmd = _command(commands, "info", summary="show what a checkpoint folder holds (nothing is unpickled)",
+                   description="Describe a saved pipeline (model_index.json), a single model (config.json + safetensors), "
+                               "a training output folder (checkpoints/, eval.json), one checkpoint or a token folder: "
+                               "classes, configs, parameter counts, dtypes and sizes, read from JSON files and safetensors "
+                               "headers only. Pickle files (.bin, .pt, .pkl) are listed, never loaded.",
+                   example="mmgen info outputs/shapes32/next-token/pipeline --json")
+    cmd.add_argument("path", type=Path, help="the folder to describe")
+    cmd.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    cmd.set_defaults(run=_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="generate tokens with a randomly initialised tiny model (no downloads)")
-    demo.add_argument("--num-samples", type=int, default=4, help="samples to generate (default 4)")
-    demo.add_argument("--num-tokens", type=int, default=64, help="tokens per sample (default 64)")
-    demo.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo = _command(commands, "demo", summary="generate the shapes prompts with every paradigm's shipped checkpoint",
+                    description="Load the tiny shipped pipelines (next-token, next-scale, next-X; checkpoints/shapes32), generate "
+                                "every shapes prompt with each, judge the pixels, and write one PNG per sample, a grid per "
+                                "paradigm, manifest.json and index.html. No downloads.",
+                    example="mmgen demo --out mmgen-demo")
+    demo.add_argument("--out", type=Path, default=Path("mmgen-demo"), help="output folder (default ./mmgen-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    demo.add_argument("--samples-per-prompt", type=_positive_int, default=1, help="samples per prompt and paradigm (default 1)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i (default 0)")
+    demo.add_argument("--paradigm", action="append", choices=["next-token", "next-scale", "next-x"], default=None,
+                      help="only this paradigm (repeatable; default: all three)")
+    demo.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
+                      help="folder with next-token/, next-scale/, next-x/ pipelines (default: the shipped ones)")
     demo.set_defaults(run=_demo)
-    train = commands.add_parser("train", help="train a tokenizer or a generator from a YAML config (accelerate)")
-    train.add_argument("config", type=Path, help="YAML run config, e.g. configs/pipelines/next-token-shapes32.yaml")
+    train = _command(commands, "train", summary="train a tokenizer or a generator from a YAML config (accelerate)",
+                     description="Train what a YAML run config describes; checkpoints, metrics.jsonl, eval.json and the "
+                                 "exported model go to its output_dir.",
+                     example="mmgen train configs/shapes32/next-token.yaml --resume latest")
+    train.add_argument("config", type=Path, help="YAML run config, e.g. configs/shapes32/next-token.yaml")
     train.add_argument("--resume", default=None, help='"latest" or a checkpoint folder to continue from')
     train.add_argument("--output-dir", type=Path, default=None, help="where checkpoints, logs and the model go (overrides the config)")
     train.set_defaults(run=_train)
+    _add_tokenize(commands)
+    _add_generate(commands)
+    _add_info(commands)
     return parser
 
 
@@ -71,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"mmgen {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from mmgen.gpt import GPT, TEXT_PAD_ID
+from mmgen.hub import resolve_pipeline_path
 from mmgen.sampling import GuidanceSchedule, sample
 from mmgen.tokens import TokenLayout
 
@@ -381,7 +382,7 @@ class ARImagePipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ARImagePipeline":  # type: ignore[override]
         """Load a saved pipeline; the folder's ``mmgen_pipeline.py`` is trusted only if it is exactly the one mmgen writes."""
-        folder = Path(pretrained_model_name_or_path)
+        folder = pretrained_model_name_or_path = resolve_pipeline_path(pretrained_model_name_or_path, kwargs)
         if folder.is_dir():
             if not (folder / "model_index.json").is_file():
                 raise ValueError(f"{folder} is not a saved pipeline: expected model_index.json in it")

@@ -2,7 +2,7 @@
 
 from .builders import build_pipeline, build_tokenizer, load_tokenizer
 from .config import CheckpointConfig, DataConfig, EvalConfig, OptimConfig, TrainConfig, load_config
-from .trainer import Trainer, encode_dataset, list_checkpoints, train
+from .trainer import CheckpointError, Trainer, encode_dataset, list_checkpoints, train, verify_checkpoint, weights_sha256
 
 __all__ = [
     "TrainConfig",
@@ -15,6 +15,9 @@ __all__ = [
     "train",
     "encode_dataset",
     "list_checkpoints",
+    "CheckpointError",
+    "verify_checkpoint",
+    "weights_sha256",
     "build_pipeline",
     "build_tokenizer",
     "load_tokenizer",

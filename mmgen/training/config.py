@@ -23,6 +23,7 @@ CONDITIONS = ("class", "text")
 DATASETS = ("shapes", "folder", "hf")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # half precision halves shipped checkpoints; they load as float32
 
 
 @dataclass
@@ -31,6 +32,8 @@ class DataConfig:
 
     ``num_images`` caps how many are used (shapes: how many are rendered); ``tokens`` names a folder written
     by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
+    ``num_workers`` processes prepare the batches of the coming steps (0: the training process does); the
+    batch of a step is the same either way.
     """
 
     dataset: str = "shapes"
@@ -46,7 +49,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up, then cosine decay to ``min_lr_ratio · lr`` (or constant)."""
+    """AdamW with linear warm-up, then cosine decay to ``min_lr_ratio · lr`` (or constant).
+
+    A step is one update on ``batch_size`` samples in all: split over the processes of a multi-process run,
+    and within each into ``grad_accum_steps`` micro-batches, so the batch size must divide evenly.
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -90,7 +97,11 @@ class CheckpointConfig:
 @dataclass
 class TrainConfig:
     """A whole run. ``tokenizer`` is a preset mapping (``class:`` + config fields) to train, or, for a
-    generator, the folder of a trained tokenizer (relative paths are relative to the config file)."""
+    generator, the folder of a trained tokenizer (relative paths are relative to the config file).
+
+    ``tensorboard`` also writes the metrics to ``output_dir/tensorboard`` when the tensorboard package is
+    installed (without it the run logs to ``metrics.jsonl`` only).
+    """
 
     kind: str = "generator"
     tokenizer: Any = None
@@ -107,13 +118,16 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     log_every: int = 50
+    tensorboard: bool = True
     output_dir: str = "outputs/run"
+    export_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, KINDS)
         _choice("data.dataset", self.data.dataset, DATASETS)
         _choice("optim.schedule", self.optim.schedule, SCHEDULES)
         _choice("optim.mixed_precision", self.optim.mixed_precision, PRECISIONS)
+        _choice("export_dtype", self.export_dtype, EXPORT_DTYPES)
         if self.kind == "generator":
             _choice("pipeline", self.pipeline, PIPELINES)
             _choice("condition", self.condition, CONDITIONS)
@@ -126,6 +140,15 @@ class TrainConfig:
             value = _lookup(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("optim.warmup_steps", "optim.grad_clip", "optim.weight_decay", "eval.every", "checkpoint.every",
+                     "data.num_workers"):
+            value = _lookup(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.optim.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or left out), got {self.threads}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if not 0.0 <= self.optim.ema_decay < 1.0:
@@ -232,6 +255,9 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
     values.update(overrides or {})
     if isinstance(values.get("tokenizer"), str) and not Path(values["tokenizer"]).is_absolute():
         values["tokenizer"] = str((path.parent / values["tokenizer"]).resolve())
+    data = values.get("data")
+    if isinstance(data, dict) and isinstance(data.get("tokens"), str) and not Path(data["tokens"]).is_absolute():
+        values["data"] = {**data, "tokens": str((path.parent / data["tokens"]).resolve())}
     try:
         return config_from_mapping(TrainConfig, values)
     except ValueError as err:

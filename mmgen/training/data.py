@@ -2,23 +2,29 @@
 
 Every step's batch is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a resumed run sees
 exactly the data an uninterrupted one would, and each process of a multi-process run takes its own
-slice of the same global batch.
+slice of the same global batch. :class:`StepBatches` makes "the batch of step i" a dataset item, so worker
+processes can prepare the batches ahead without changing which data a step sees; :func:`step_seed` gives
+the seeds of everything else random in a step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 
 from mmgen.data import ImageFolder, ShapesDataset
 
 from .config import DataConfig
 
-__all__ = ["build_image_source", "batch_indices", "HFImageSource", "save_token_shards", "load_token_shards"]
+__all__ = ["build_image_source", "batch_indices", "step_seed", "TokenSource", "StepBatches", "step_batches", "HFImageSource",
+           "save_token_shards", "load_token_shards"]
 
 SHARD_INDEX = "tokens.json"
 
@@ -76,6 +82,67 @@ def batch_indices(*, seed: int, step: int, batch_size: int, num_items: int, rank
     else:
         chosen = torch.randint(0, num_items, (batch_size,), generator=generator)
     return chosen[rank::world_size]
+
+
+def step_seed(seed: int, step: int, rank: int = 0, *, stream: str = "") -> int:
+    """A 63-bit seed for the random draws of ``step`` on process ``rank`` (``stream`` separates independent uses).
+
+    Hashing keeps the streams of neighbouring steps, ranks and seeds unrelated, and makes a step's randomness
+    independent of what ran before it: a resumed run draws exactly what the uninterrupted one drew.
+    """
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class TokenSource:
+    """Pre-extracted tokens and their class labels in memory, behind the ``batch(indices)`` of the image sources."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
+        if tokens.shape[0] != labels.shape[0]:
+            raise ValueError(f"tokens hold {tokens.shape[0]} items but labels {labels.shape[0]}")
+        self.tokens, self.labels = tokens, labels
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return {"tokens": self.tokens[idx], "class_id": self.labels[idx]}
+
+
+class StepBatches(Dataset):
+    """Item ``step`` is this process's share of ``step``'s global batch: the ``fields`` of ``source.batch``, in order.
+
+    Indexed by step rather than by sample, so a loader over ``range(start, stop)`` yields exactly the batches
+    of those steps whatever the number of workers, and a run resumed at ``start`` sees the data it would have.
+    """
+
+    def __init__(self, source: Any, *, fields: Sequence[str], seed: int, batch_size: int, num_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if len(source) == 0:
+            raise ValueError("the training data is empty")
+        self.source, self.fields = source, tuple(fields)
+        self.seed, self.batch_size, self.num_steps = seed, batch_size, num_steps
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, step: int) -> tuple[Any, ...]:
+        if not 0 <= step < self.num_steps:
+            raise IndexError(f"step {step} is outside [0, {self.num_steps})")
+        idx = batch_indices(seed=self.seed, step=step, batch_size=self.batch_size, num_items=len(self.source),
+                            rank=self.rank, world_size=self.world_size)
+        batch = self.source.batch(idx.tolist())
+        return tuple(batch[name] for name in self.fields)
+
+
+def step_batches(batches: StepBatches, *, start: int, num_workers: int = 0, pin_memory: bool = False) -> Iterable[tuple[Any, ...]]:
+    """The batches of steps ``start, start + 1, ...`` in order: built here, or ahead of time by ``num_workers`` processes."""
+    steps = range(start, len(batches))
+    if num_workers == 0:
+        return (batches[step] for step in steps)
+    return DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def save_token_shards(folder: str | Path, tokens: torch.Tensor, labels: torch.Tensor, *, shard_size: int,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -31,6 +34,19 @@ class EMA:
         for name, p in module.named_parameters():
             if name in self.shadow:
                 p.copy_(self.shadow[name].to(p.dtype))
+
+    @contextmanager
+    def applied(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Evaluate with the average in place, then put the trained weights back (periodic evaluation mid-run)."""
+        saved = {name: p.detach().clone() for name, p in module.named_parameters() if name in self.shadow}
+        self.copy_to(module)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for name, p in module.named_parameters():
+                    if name in saved:
+                        p.copy_(saved[name])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

@@ -1,36 +1,71 @@
 """One training loop for every trainable component, on ``accelerate``.
 
 The same code runs on one CPU process, on several (gloo) processes and on many GPUs under DDP or FSDP:
-everything distributed goes through the :class:`accelerate.Accelerator`. A step's data is a function of
-``(seed, step)`` and every random draw of a step comes from generators seeded by ``(seed, step, rank)``,
-so a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+everything distributed goes through the :class:`accelerate.Accelerator`. What a step does is a function of
+``(seed, step)`` and the saved state alone: its data comes from :func:`~.data.batch_indices`, every random
+draw (condition dropout, noise, a tokenizer's own sampling) from generators seeded by
+:func:`~.data.step_seed` of ``(seed, step, rank)``, and the learning rate from :func:`lr_factor` of the step.
+So a run resumed from a checkpoint continues with exactly the losses of the uninterrupted run.
+
+One step is one optimiser update on ``optim.batch_size`` samples in all: each of the N processes takes its
+own 1/N of them, in ``optim.grad_accum_steps`` micro-batches.
+
+Files in ``output_dir``: ``metrics.jsonl`` (one record per ``log_every`` steps; a resumed run first drops the
+records after its checkpoint's step, so the file reads as one run), ``eval.jsonl`` and ``eval/step-N/``
+(periodic evaluation), ``checkpoints/step-N`` (atomic, verified on load), ``tensorboard/`` (when installed),
+the exported model and ``eval.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import (
+    ProjectConfiguration,
+    gather_object,
+    is_tensorboard_available,
+    set_seed,
+)
 from torch import nn
 
 from mmgen.data import caption
 
 from .builders import build_pipeline, build_tokenizer
 from .config import TrainConfig
-from .data import batch_indices, build_image_source, load_token_shards
+from .data import (
+    StepBatches,
+    TokenSource,
+    build_image_source,
+    load_token_shards,
+    step_batches,
+    step_seed,
+)
 from .ema import EMA
 
-__all__ = ["Trainer", "train", "encode_dataset", "list_checkpoints", "lr_factor"]
+__all__ = ["Trainer", "train", "encode_dataset", "list_checkpoints", "verify_checkpoint", "lr_factor", "weights_sha256", "CheckpointError"]
 
 CHECKPOINT_PREFIX = "step-"
+LATENT_STATS_IMAGES = 2048
 STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_LOG_FILE = "eval.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be resumed from: incomplete, truncated or altered since it was saved."""
 
 
 class _TokenizerObjective(nn.Module):
@@ -71,41 +106,71 @@ def lr_factor(step: int, *, steps: int, warmup: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and values): equal hashes mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.flatten().view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+class _Meter:
+    """Sums of per-step values since the last log record, averaged when the record is written."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {key: value / self.count for key, value in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
 class Trainer:
     """Train what ``cfg`` describes. ``Trainer(cfg).fit(resume="latest")`` continues from the newest checkpoint."""
 
-    def __init__(self, cfg: TrainConfig, *, accelerator: Accelerator | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, accelerator: Accelerator | None = None, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # named in the model card's "how to reproduce"
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum_steps
-        )
-        set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
+        self.accelerator = accelerator or _build_accelerator(cfg, self.output_dir)
+        acc = self.accelerator
+        _check_batch_split(cfg, acc)
+        set_seed(cfg.seed)
         self.pipe = None
         if cfg.kind == "tokenizer":
             self.model = build_tokenizer(cfg.tokenizer)
             objective: nn.Module = _TokenizerObjective(self.model)
-            self.images = build_image_source(cfg.data)
+            source, fields = build_image_source(cfg.data), ("image",)
         else:
             self.pipe = build_pipeline(cfg)
             self.model = self.pipe
             objective = _GeneratorObjective(self.pipe, condition=cfg.condition, cond_drop_prob=cfg.cond_drop_prob)
-            self.tokens, self.labels = self._generator_tokens()
+            source, fields = self._generator_tokens(), ("tokens", "class_id")
+        self.batches = StepBatches(source, fields=fields, seed=cfg.seed, batch_size=cfg.optim.batch_size,
+                                   num_steps=cfg.optim.steps, rank=acc.process_index, world_size=acc.num_processes)
         params = [p for p in objective.parameters() if p.requires_grad]
         optim = cfg.optim
         optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-            step, steps=optim.steps, warmup=optim.warmup_steps, schedule=optim.schedule, min_ratio=optim.min_lr_ratio))
-        self.objective, self.optimizer, self.scheduler = self.accelerator.prepare(objective, optimizer, scheduler)
-        self.ema = EMA(self.accelerator.unwrap_model(self.objective), decay=optim.ema_decay) if optim.ema_decay else None
+        self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        self.ema = EMA(acc.unwrap_model(self.objective), decay=optim.ema_decay) if optim.ema_decay else None
         if self.ema is not None:
-            self.accelerator.register_for_checkpointing(self.ema)
+            acc.register_for_checkpointing(self.ema)
         self.step = 0
+        self.samples = 0  # trained on by this process since it started (not restored on resume)
 
     # ---- data ----------------------------------------------------------------------------------------
-    def _generator_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generator_tokens(self) -> TokenSource:
         """Tokens and labels of the training images: read from ``data.tokens`` shards, or encoded once here."""
         if self.cfg.data.tokens:
             tokens, labels, meta = load_token_shards(self.cfg.data.tokens)
@@ -114,91 +179,204 @@ class Trainer:
             if "latent_mean" in meta:
                 self.pipe.head.latent_mean.copy_(torch.tensor(meta["latent_mean"]))
                 self.pipe.head.latent_std.copy_(torch.tensor(meta["latent_std"]))
-            return tokens, labels
+            return TokenSource(tokens, labels)
         images = build_image_source(self.cfg.data)
-        if getattr(self.pipe, "head", None) is not None:  # continuous tokens: normalise with the data's statistics
-            self.pipe.set_latent_statistics(images.batch(list(range(min(len(images), 2048))))["image"])
-        return encode_dataset(self.pipe, images, batch_size=256)
+        fit_latent_statistics(self.pipe, images)
+        return TokenSource(*encode_dataset(self.pipe, images, batch_size=256))
 
-    def _batch(self, step: int) -> tuple[Any, ...]:
-        acc = self.accelerator
-        n = len(self.images) if self.cfg.kind == "tokenizer" else self.tokens.shape[0]
-        idx = batch_indices(seed=self.cfg.seed, step=step, batch_size=self.cfg.optim.batch_size, num_items=n,
-                            rank=acc.process_index, world_size=acc.num_processes)
-        if self.cfg.kind == "tokenizer":
-            return (self.images.batch(idx.tolist())["image"].to(acc.device),)
-        generator = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 4099 + acc.process_index)
-        return self.tokens[idx].to(acc.device), self.labels[idx].to(acc.device), generator
+    def _micro_batches(self, batch: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """This process's share of a step split into ``grad_accum_steps`` micro-batches, on the device."""
+        device, k = self.accelerator.device, self.cfg.optim.grad_accum_steps
+        chunks = [torch.tensor_split(field, k) for field in batch]
+        return [tuple(c[j].to(device) for c in chunks) for j in range(k)]
 
     # ---- loop ----------------------------------------------------------------------------------------
     def fit(self, *, resume: str | None = None) -> dict[str, Any]:
-        """Train to ``optim.steps``; save checkpoints, the final model and ``eval.json``. Returns the final metrics."""
+        """Train to ``optim.steps``; save checkpoints, the final model and ``eval.json``. Returns the final report.
+
+        ``resume`` ("latest" or a checkpoint folder) restores the saved state first; the records of
+        ``metrics.jsonl`` and ``eval.jsonl`` after that step (written by the interrupted run) are dropped and
+        the resumed run appends its own. Without ``resume``, an ``output_dir`` that already holds a run is refused.
+        """
         cfg, acc = self.cfg, self.accelerator
         if resume is not None:
             self.load_checkpoint(resume)
-        log_file = self.output_dir / "metrics.jsonl"
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        sums: dict[str, float] = {}
-        start, cpu_start, seen_at_start = time.perf_counter(), time.process_time(), self.step
+        else:
+            self._refuse_existing_run()
+        self._open_outputs(resumed=resume is not None)
+        meter = _Meter()
+        start, cpu_start, first_step = time.perf_counter(), time.process_time(), self.step
         self.objective.train()
-        while self.step < cfg.optim.steps:
-            batch = self._batch(self.step)
-            with acc.accumulate(self.objective):
-                loss, logs = self.objective(*batch)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.grad_clip > 0:
-                    acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(acc.unwrap_model(self.objective))
+        pin = acc.device.type == "cuda"
+        for batch in step_batches(self.batches, start=self.step, num_workers=cfg.data.num_workers, pin_memory=pin):
+            meter.add(self._train_step(batch))
             self.step += 1
-            for key, value in {"loss": float(loss.detach()), **logs}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
             if self.step % cfg.log_every == 0 or self.step == cfg.optim.steps:
-                count = (self.step - 1) % cfg.log_every + 1
-                rate = (self.step - seen_at_start) / (time.perf_counter() - start)
-                record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "steps_per_s": rate,
-                          **{k: v / count for k, v in sums.items()}}
-                sums = {}
-                if acc.is_main_process:
-                    print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
-                    with log_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                rate = (self.step - first_step) / (time.perf_counter() - start)
+                self._log({"step": self.step, "lr": self._lr(self.step - 1), "steps_per_s": rate, **self._reduce(meter.pop())})
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
+                self.evaluate_now()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.optim.steps:
                 self.save_checkpoint()
         train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         acc.wait_for_everyone()
-        return self.finish(train_seconds=train_seconds, cpu_seconds=cpu_seconds)
+        report = self.finish(train_seconds=train_seconds, cpu_seconds=cpu_seconds)
+        for tracker in acc.trackers:
+            tracker.finish()
+        return report
+
+    def _train_step(self, batch: tuple[Any, ...]) -> dict[str, float]:
+        """One optimiser update; every random draw in it is seeded by ``(seed, step, rank)``. Returns its logs."""
+        cfg, acc = self.cfg, self.accelerator
+        rank, k = acc.process_index, cfg.optim.grad_accum_steps
+        torch.manual_seed(step_seed(cfg.seed, self.step, rank, stream="global"))
+        generator = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, rank, stream="loss"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(self.step)
+        extra = (generator,) if cfg.kind == "generator" else ()
+        logs: dict[str, float] = {}
+        for j, inputs in enumerate(self._micro_batches(batch)):
+            sync = acc.no_sync(self.objective) if j < k - 1 else contextlib.nullcontext()  # all-reduce once, at the end
+            with sync:
+                loss, parts = self.objective(*inputs, *extra)
+                acc.backward(loss / k)
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                logs[key] = logs.get(key, 0.0) + float(value) / k
+            self.samples += int(inputs[0].shape[0])
+        if cfg.optim.grad_clip > 0:
+            acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(acc.unwrap_model(self.objective))
+        return logs
+
+    def _lr(self, step: int) -> float:
+        optim = self.cfg.optim
+        return optim.lr * lr_factor(step, steps=optim.steps, warmup=optim.warmup_steps, schedule=optim.schedule,
+                                    min_ratio=optim.min_lr_ratio)
+
+    def _reduce(self, means: dict[str, float]) -> dict[str, float]:
+        """Average a record's values over the processes, so the log describes the whole global batch."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not means:
+            return means
+        keys = list(means)
+        values = acc.reduce(torch.tensor([means[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
+        return dict(zip(keys, values.tolist()))
+
+    # ---- outputs -------------------------------------------------------------------------------------
+    def _refuse_existing_run(self) -> None:
+        for name in (METRICS_FILE, "checkpoints"):
+            if (self.output_dir / name).exists():
+                raise FileExistsError(f"output_dir {str(self.output_dir)!r} already holds a run ({name}); "
+                                      "continue it with --resume latest, or choose another output_dir")
+
+    def _open_outputs(self, *, resumed: bool) -> None:
+        """Create ``output_dir``; after a resume, drop the interrupted run's records beyond the checkpoint; start trackers."""
+        acc = self.accelerator
+        acc.wait_for_everyone()  # every process has passed its checks before anything is written
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if resumed:
+                for name in (METRICS_FILE, EVAL_LOG_FILE):
+                    _truncate_records(self.output_dir / name, after_step=self.step)
+        acc.wait_for_everyone()
+        if acc.log_with and not acc.trackers:
+            acc.init_trackers(TENSORBOARD_DIR)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
+            _append_record(self.output_dir / METRICS_FILE, record)
+        acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    @contextlib.contextmanager
+    def _evaluation_weights(self) -> Iterator[nn.Module]:
+        """The unwrapped model in eval mode, with the EMA weights in place if kept; training state restored after."""
+        module = self.accelerator.unwrap_model(self.objective)
+        module.eval()
+        try:
+            with self.ema.applied(module) if self.ema is not None else contextlib.nullcontext(module):
+                yield module
+        finally:
+            module.train()
+
+    def evaluate_now(self) -> dict[str, Any]:
+        """Periodic evaluation at the current step: a record in ``eval.jsonl``, samples under ``eval/step-N/``."""
+        acc = self.accelerator
+        results: dict[str, Any] = {}
+        if acc.is_main_process:
+            with self._evaluation_weights():
+                results = self.evaluate(out_dir=self.output_dir / "eval" / f"{CHECKPOINT_PREFIX}{self.step:08d}")
+            _append_record(self.output_dir / EVAL_LOG_FILE, {"step": self.step, **results})
+            print(f"eval step {self.step}: {json.dumps(results, default=float)}", flush=True)
+        acc.log({f"eval/{k}": v for k, v in _flatten(results).items()}, step=self.step)
+        acc.wait_for_everyone()
+        return results
 
     def finish(self, *, train_seconds: float, cpu_seconds: float) -> dict[str, Any]:
-        """Evaluate (with EMA weights if kept) and export the model with ``save_pretrained``."""
+        """Evaluate (with EMA weights if kept), export the model with ``save_pretrained`` and write ``eval.json``.
+
+        The report names ``num_processes`` and, per process, the samples it trained on since it started (a
+        resumed process counts from the resume) and the SHA-256 of its final weights: under data parallelism
+        they must all be equal, so ``weights_in_sync`` checks the run.
+        """
         acc = self.accelerator
+        module = acc.unwrap_model(self.objective)
         if self.ema is not None:
-            self.ema.copy_to(acc.unwrap_model(self.objective))
+            self.ema.copy_to(module)
+        processes = gather_object([{"rank": acc.process_index, "samples": self.samples, "weights_sha256": weights_sha256(module)}])
+        hashes = {p["weights_sha256"] for p in processes}
         report: dict[str, Any] = {"kind": self.cfg.kind, "steps": self.step, "train_seconds": train_seconds,
                                   "train_cpu_seconds": cpu_seconds, "num_processes": acc.num_processes,
-                                  "parameters": sum(p.numel() for p in acc.unwrap_model(self.objective).parameters())}
+                                  "mixed_precision": acc.mixed_precision, "parameters": sum(p.numel() for p in module.parameters()),
+                                  "weights_sha256": processes[0]["weights_sha256"], "weights_in_sync": len(hashes) == 1,
+                                  "processes": processes}
         if acc.is_main_process:
-            acc.unwrap_model(self.objective).eval()
+            module.eval()
+            export_dtype = getattr(torch, self.cfg.export_dtype)
+            round_weights(self.model, export_dtype)  # evaluate exactly the weights that are exported
+            report["export_dtype"] = self.cfg.export_dtype
             report["eval"] = self.evaluate()
             export = self.output_dir / ("pipeline" if self.cfg.kind == "generator" else "tokenizer")
             if export.exists():
                 shutil.rmtree(export)
-            self.model.save_pretrained(str(export))
-            (self.output_dir / "eval.json").write_text(json.dumps(report, indent=2))
+            self.model.to(export_dtype).save_pretrained(str(export))
+            self.model.to(torch.float32)
+            self._write_model_card(export, report)
+            (self.output_dir / "eval.json").write_text(json.dumps(report, indent=2, default=float))
+        acc.log({f"eval/{k}": v for k, v in _flatten(report.get("eval", {})).items()}, step=self.step)
         acc.wait_for_everyone()
         return report
 
-    def evaluate(self) -> dict[str, Any]:
-        """Generators: prompt adherence on the shapes classes. Tokenizers: reconstruction of held-out shapes."""
+    def _write_model_card(self, folder: Path, report: dict[str, Any]) -> None:
+        """README.md beside the exported weights: config, data, training settings and the measured metrics."""
+        from mmgen.model_card import loading_code, write_model_card
+
+        cfg = self.cfg
+        name = type(self.model).__name__
+        module = "pipelines" if cfg.kind == "generator" else "tokenizers_visual"
+        data = (f"{cfg.data.dataset} ({cfg.data.num_images} images of {cfg.data.image_size}x{cfg.data.image_size}"
+                f"{', path ' + cfg.data.path if cfg.data.path else ''}; seed {cfg.data.seed})")
+        training = {"steps": report["steps"], "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
+                    "processes": report["num_processes"], "train_seconds": round(report["train_seconds"], 1),
+                    "train_cpu_seconds": round(report["train_cpu_seconds"], 1), "parameters_trained": report["parameters"],
+                    "export_dtype": cfg.export_dtype}
+        metrics = {k: v for k, v in _flatten(report.get("eval", {})).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        write_model_card(folder, title=f"{name} trained with mmgen", config=dataclasses.asdict(cfg), data=data,
+                         training=training, metrics=metrics, usage=loading_code(name, "path/to/this/folder", module=module),
+                         reproduce=f"mmgen train {self.config_path}" if self.config_path else None, overwrite=True)
+
+    def evaluate(self, *, out_dir: Path | None = None) -> dict[str, Any]:
+        """Generators: prompt adherence on the shapes classes, sample grid in ``out_dir`` (default ``output_dir``).
+        Tokenizers: reconstruction of held-out shapes and photo crops."""
         from .evaluation import evaluate_generator, evaluate_tokenizer
 
         if self.cfg.kind == "tokenizer":
             return evaluate_tokenizer(self.model, self.cfg)
-        return evaluate_generator(self.pipe, self.cfg, out_dir=self.output_dir)
+        return evaluate_generator(self.pipe, self.cfg, out_dir=out_dir or self.output_dir)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     @property
@@ -206,7 +384,10 @@ class Trainer:
         return self.output_dir / "checkpoints"
 
     def save_checkpoint(self) -> Path:
-        """``accelerator.save_state`` into a temporary folder, renamed into place once complete; keep the newest K."""
+        """``accelerator.save_state`` into a temporary folder, renamed into place once complete; keep the newest K.
+
+        ``trainer_state.json`` lists every file with its size and SHA-256, so a resume detects damage.
+        """
         acc = self.accelerator
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:08d}"
         tmp = self.checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step:08d}"
@@ -218,7 +399,8 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps({"step": self.step}))
+            state = {"step": self.step, "files": _manifest(tmp)}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -228,7 +410,11 @@ class Trainer:
         return final
 
     def load_checkpoint(self, which: str) -> None:
-        """Restore model, optimiser, scheduler, EMA and RNG states from ``which`` ("latest" or a folder)."""
+        """Restore model, optimiser, EMA and RNG states from ``which`` ("latest" or a folder), after verifying it.
+
+        A damaged checkpoint raises :class:`CheckpointError` naming the file, before anything is read into the
+        run or written to disk; "latest" does not fall back to an older one silently.
+        """
         if which == "latest":
             found = list_checkpoints(self.checkpoint_dir)
             if not found:
@@ -236,19 +422,146 @@ class Trainer:
             folder = found[-1]
         else:
             folder = Path(which)
-        state_file = folder / STATE_FILE
-        if not state_file.is_file():
-            raise ValueError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")
-        self.accelerator.load_state(str(folder))
-        self.step = int(json.loads(state_file.read_text())["step"])
+            if not folder.is_dir():
+                raise FileNotFoundError(f"--resume {which}: no such checkpoint folder")
+        step = verify_checkpoint(folder)
+        try:
+            self.accelerator.load_state(str(folder))
+        except Exception as err:  # a checkpoint of another model or accelerate version: say which folder
+            raise CheckpointError(f"could not restore the run from checkpoint {folder}: {err}") from err
+        self.step = step
+
+
+def _build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
+    """Mixed precision from the config; tensorboard logging into ``output_dir/tensorboard`` when it is installed.
+
+    Processes started by ``torchrun`` on a machine without CUDA join one gloo group (accelerate would
+    otherwise run each as a separate single-process job).
+    """
+    trackers = ["tensorboard"] if cfg.tensorboard and is_tensorboard_available() else None
+    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir))
+    cpu_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=cfg.optim.mixed_precision, log_with=trackers, project_config=project, cpu=cpu_group)
+
+
+def _check_batch_split(cfg: TrainConfig, acc: Accelerator) -> None:
+    """Every process and micro-batch gets an equal share of a step, so averaging the gradients weighs samples equally."""
+    if acc.gradient_accumulation_steps != 1:
+        raise ValueError("pass an Accelerator without gradient_accumulation_steps: the Trainer accumulates "
+                         "optim.grad_accum_steps micro-batches itself")
+    num_processes = acc.num_processes
+    parts = num_processes * cfg.optim.grad_accum_steps
+    if cfg.optim.batch_size % parts:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must split evenly over {num_processes} process(es) "
+                         f"x optim.grad_accum_steps={cfg.optim.grad_accum_steps}")
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``folder`` (relative POSIX paths)."""
+    return {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != STATE_FILE}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(folder: Path) -> int:
+    """The step of checkpoint ``folder`` after checking each file against the sizes and hashes saved with it.
+
+    Checkpoints written before the file list existed carry only their step and are not checked.
+    """
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")
+    try:
+        state = json.loads(state_file.read_text())
+        step, files = int(state["step"]), dict(state.get("files", {}))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint file {state_file} is damaged ({err}); resume from an older checkpoint folder") from err
+    for name, expected in files.items():
+        _verify_file(folder / name, expected)
+    return step
+
+
+def _verify_file(path: Path, expected: dict[str, Any]) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; resume from an older checkpoint folder")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CheckpointError(f"checkpoint file {path} is truncated or damaged: {size} bytes, saved with "
+                              f"{expected['bytes']}; resume from an older checkpoint folder")
+    if _file_sha256(path) != expected["sha256"]:
+        raise CheckpointError(f"checkpoint file {path} is damaged: its SHA-256 differs from the one saved with it; "
+                              "resume from an older checkpoint folder")
+
+
+def fit_latent_statistics(pipe: Any, images: Any, *, max_images: int = LATENT_STATS_IMAGES) -> None:
+    """Continuous tokens: fit the flow head's per-channel normalisation on up to ``max_images`` training images."""
+    if getattr(pipe, "head", None) is not None:
+        pipe.set_latent_statistics(images.batch(list(range(min(len(images), max_images))))["image"])
+
+
+@torch.no_grad()
+def round_weights(model: Any, dtype: torch.dtype) -> None:
+    """Round every floating-point parameter and buffer to ``dtype`` and back, in place (a no-op for float32)."""
+    if dtype == torch.float32:
+        return
+    modules = [c for c in model.components.values() if isinstance(c, nn.Module)] if hasattr(model, "components") else [model]
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).to(tensor.dtype))
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints in ``folder``, oldest first (temporary folders of an interrupted save are skipped)."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()]
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def _truncate_records(path: Path, *, after_step: int) -> None:
+    """Drop the JSONL records of steps beyond ``after_step`` (rewritten through a temporary file)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _record_step(line) <= after_step]
+    if kept == lines:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def _record_step(line: str) -> float:
+    """The step of a JSONL record; a torn line (the process was killed while writing it) counts as after every step."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return math.inf
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric results as ``{"a/b": value}`` for the trackers; non-numbers are left out."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
 
 
 @torch.no_grad()
@@ -265,4 +578,3 @@ def encode_dataset(pipe: Any, images: Any, *, batch_size: int) -> tuple[torch.Te
 def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Build a :class:`Trainer` for ``cfg`` and run it."""
     return Trainer(cfg).fit(resume=resume)
-

@@ -1,0 +1,309 @@
+"""What the trainer promises a user: exact resumes after a crash, data parallelism that really synchronises,
+checkpoints that are verified before use, configs that name the key at fault, periodic evaluation.
+
+Tiny models only (a 4x4-grid VQ tokenizer at 16 px, a one-layer GPT of width 32), a handful of steps on
+the CPU. Runs that must be separate processes (a SIGKILLed run, the CLI resume, two torchrun ranks) are
+subprocesses with one thread each; the rest runs in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.utils import is_tensorboard_available
+
+from mmgen.cli import main
+from mmgen.training import Trainer, list_checkpoints, load_config
+from mmgen.training.config import TrainConfig, config_from_mapping
+from mmgen.training.data import StepBatches, TokenSource, batch_indices, step_batches
+from mmgen.training.trainer import lr_factor
+from tokenizers_visual import KLConfig, KLImageTokenizer, VQConfig, VQImageTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+VQ_FIELDS = {"image_size": 16, "downsample": 4, "channels": 8, "channel_mult": [1, 1, 1], "z_channels": 8,
+             "codebook_size": 32, "codebook_dim": 4}
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained-tokenizer folder (random weights) for generator configs to point at."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    torch.manual_seed(0)
+    VQImageTokenizer(VQConfig(**VQ_FIELDS)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kl_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny continuous (KL) tokenizer folder for a NextX generator with a flow head."""
+    folder = tmp_path_factory.mktemp("kl")
+    torch.manual_seed(0)
+    KLImageTokenizer(KLConfig(image_size=16, downsample=4, channels=8, channel_mult=[1, 1, 1], latent_dim=4)).save_pretrained(str(folder))
+    return folder
+
+
+def generator_config(tokenizer: Path, output_dir: Path, **changes: object) -> dict:
+    values = {
+        "kind": "generator", "pipeline": "NextTokenPipeline", "tokenizer": str(tokenizer),
+        "gpt": {"dim": 32, "n_layers": 1, "n_heads": 2}, "cond_drop_prob": 0.5,
+        "data": {"dataset": "shapes", "num_images": 64, "image_size": 16},
+        "optim": {"steps": 8, "batch_size": 8, "lr": "1e-3", "warmup_steps": 2, "ema_decay": 0.9},
+        "eval": {"samples_per_class": 1, "every": 4},
+        "checkpoint": {"every": 3, "keep": 2},
+        "log_every": 1, "threads": 1, "output_dir": str(output_dir),
+    }
+    return _merge(values, changes)
+
+
+def tokenizer_config(output_dir: Path, **changes: object) -> dict:
+    values = {
+        "kind": "tokenizer", "tokenizer": {"class": "VQImageTokenizer", **VQ_FIELDS, "dead_code_steps": 1},
+        "data": {"dataset": "shapes", "num_images": 64, "image_size": 16},
+        "optim": {"steps": 7, "batch_size": 8, "lr": 2e-3, "grad_accum_steps": 2},
+        "eval": {"num_images": 8},
+        "checkpoint": {"every": 2, "keep": 2},
+        "log_every": 1, "threads": 1, "output_dir": str(output_dir),
+    }
+    return _merge(values, changes)
+
+
+def _merge(values: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
+def write_config(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def records(output_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (output_dir / name).read_text().splitlines()]
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(output_dir)}
+
+
+def report(output_dir: Path) -> dict:
+    return json.loads((output_dir / "eval.json").read_text())
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the next Trainer stop with an exception when ``step`` begins (an in-process crash)."""
+    train_step = Trainer._train_step
+
+    def stopping(self: Trainer, batch: tuple) -> dict[str, float]:
+        if self.step == step:
+            raise Interrupted
+        return train_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", stopping)
+
+
+# ---- resume -------------------------------------------------------------------------------------------
+def test_generator_killed_between_checkpoints_resumes_with_identical_losses(tokenizer_dir, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    Trainer(load_config(write_config(tmp_path / "a.yaml", generator_config(tokenizer_dir, reference)))).fit()
+
+    run = tmp_path / "killed"
+    config = write_config(tmp_path / "b.yaml", generator_config(tokenizer_dir, run))
+    killed = run_python("tests/training_interrupt.py", str(config), "5")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000003"]
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5]  # steps 4 and 5 ran after the checkpoint, then the kill
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # as if the kill had struck while a record was being written
+
+    resumed = run_python("-m", "mmgen.cli", "train", str(config), "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first_logged = next(line for line in resumed.stdout.splitlines() if line.startswith("step "))
+    assert first_logged.split()[1] == "4"  # continued from the saved step 3
+    assert report(run)["processes"][0]["samples"] == 5 * 8  # and trained only steps 4..8
+
+    # metrics.jsonl reads as one run: the killed run's records after step 3 were replaced, bit-identical
+    assert [r["step"] for r in records(run)] == list(range(1, 9))
+    assert losses(run) == losses(reference)
+    assert report(run)["weights_sha256"] == report(reference)["weights_sha256"]  # EMA weights exported
+    assert [r["step"] for r in records(run, "eval.jsonl")] == [4]
+    samples = Path("eval") / "step-00000004" / "samples.png"  # drawn with the EMA weights of step 4
+    assert (run / samples).read_bytes() == (reference / samples).read_bytes()
+    assert (run / "tensorboard").is_dir() == bool(is_tensorboard_available())
+
+
+def test_tokenizer_with_workers_and_accumulation_resumes_exactly(tmp_path, monkeypatch):
+    values = tokenizer_config(tmp_path / "run", data={"num_workers": 2}, optim={"ema_decay": 0.9})
+    reference = tmp_path / "uninterrupted"
+    Trainer(config_from_mapping(TrainConfig, {**values, "output_dir": str(reference)})).fit()
+
+    cfg = config_from_mapping(TrainConfig, {**values, "eval": {"num_images": 8, "every": 3}})
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 5)
+        with pytest.raises(Interrupted):
+            Trainer(cfg).fit()
+    Trainer(cfg).fit(resume="latest")
+
+    run = Path(cfg.output_dir)
+    assert [r["step"] for r in records(run)] == list(range(1, 8))
+    assert losses(run) == losses(reference)  # periodic evaluation (with the EMA weights) left training alone
+    assert report(run)["weights_sha256"] == report(reference)["weights_sha256"]
+    assert report(run)["processes"][0]["samples"] == 3 * 8  # resumed at step 4 of 7
+    evaluations = records(run, "eval.jsonl")
+    assert [r["step"] for r in evaluations] == [3, 6] and evaluations[0]["shapes_heldout"]["psnr"] > 0
+
+
+def test_next_x_flow_noise_is_restored_on_resume(kl_tokenizer_dir, tmp_path, monkeypatch):
+    """NextX draws noisy-context and flow-matching noise in every step: a resume must draw the same."""
+    values = generator_config(kl_tokenizer_dir, tmp_path / "run", pipeline="NextXPipeline",
+                              pipeline_args={"entity": "cell", "cell_size": 2, "num_flow_steps": 2},
+                              head={"width": 32, "depth": 1}, optim={"steps": 5, "warmup_steps": 0},
+                              eval={"every": 0}, checkpoint={"every": 2})
+    reference = tmp_path / "uninterrupted"
+    Trainer(config_from_mapping(TrainConfig, {**values, "output_dir": str(reference)})).fit()
+    cfg = config_from_mapping(TrainConfig, values)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 3)
+        with pytest.raises(Interrupted):
+            Trainer(cfg).fit()
+    Trainer(cfg).fit(resume="latest")
+    assert losses(Path(cfg.output_dir)) == losses(reference) and len(losses(reference)) == 5
+
+
+def test_fresh_run_refuses_an_output_dir_that_holds_a_run(tmp_path):
+    cfg = config_from_mapping(TrainConfig, tokenizer_config(tmp_path / "run", optim={"steps": 1}))
+    Trainer(cfg).fit()
+    before = folder_digest(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume latest"):
+        Trainer(cfg).fit()
+    assert folder_digest(tmp_path / "run") == before
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+def test_damaged_checkpoints_fail_clearly_and_change_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "tok.yaml", tokenizer_config(run))
+    assert main(["train", str(config)]) == 0
+    checkpoints = run / "checkpoints"
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step-00000004", "step-00000006"]  # keep: 2
+
+    (checkpoints / ".tmp-step-00000008").mkdir()  # a save interrupted before its rename
+    (checkpoints / ".tmp-step-00000008" / "model.safetensors").write_bytes(b"partial")
+    assert list_checkpoints(checkpoints)[-1].name == "step-00000006"
+
+    weights = checkpoints / "step-00000006" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 2])
+    optimizer = checkpoints / "step-00000004" / "optimizer.bin"
+    flipped = bytearray(optimizer.read_bytes())
+    flipped[-1] ^= 0xFF
+    optimizer.write_bytes(bytes(flipped))
+    before = folder_digest(run)
+    capsys.readouterr()
+
+    assert main(["train", str(config), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "truncated" in err
+    assert main(["train", str(config), "--resume", str(checkpoints / "step-00000004")]) == 2
+    assert str(optimizer) in capsys.readouterr().err
+    assert folder_digest(run) == before
+
+    weights.write_bytes(intact)  # repaired: "latest" is step 6 (the .tmp folder is ignored), one step to go
+    assert main(["train", str(config), "--resume", "latest"]) == 0
+    assert report(run)["steps"] == 7 and report(run)["processes"][0]["samples"] == 8
+
+
+# ---- several processes --------------------------------------------------------------------------------
+def test_two_cpu_processes_share_each_step_and_stay_in_sync(tokenizer_dir, tmp_path):
+    run = tmp_path / "ddp"
+    values = generator_config(tokenizer_dir, run, optim={"steps": 3, "mixed_precision": "bf16", "ema_decay": 0.0},
+                              eval={"every": 0}, checkpoint={"every": 0})
+    config = write_config(tmp_path / "ddp.yaml", values)
+    launched = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "mmgen.cli", "train", str(config), timeout=180)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    result = report(run)
+    assert result["num_processes"] == 2 and result["mixed_precision"] == "bf16"
+    ranks = result["processes"]
+    assert [p["rank"] for p in ranks] == [0, 1]
+    assert [p["samples"] for p in ranks] == [3 * 4, 3 * 4]  # each rank trained on its half of every batch
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] and result["weights_in_sync"]
+    logged = records(run)
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    # one step is one update whatever the number of processes: the schedule is not advanced twice per step
+    expected = [1e-3 * lr_factor(s, steps=3, warmup=2, schedule="cosine", min_ratio=0.1) for s in range(3)]
+    assert [r["lr"] for r in logged] == pytest.approx(expected)
+
+
+def test_each_rank_takes_its_own_slice_of_the_global_batch():
+    full = batch_indices(seed=3, step=7, batch_size=8, num_items=50)
+    shares = [batch_indices(seed=3, step=7, batch_size=8, num_items=50, rank=r, world_size=2) for r in range(2)]
+    assert sorted(torch.cat(shares).tolist()) == sorted(full.tolist())
+    assert not set(shares[0].tolist()) & set(shares[1].tolist())
+
+
+def test_step_batches_are_the_same_with_worker_processes():
+    source = TokenSource(torch.arange(40).view(20, 2), torch.arange(20))
+    batches = StepBatches(source, fields=("tokens", "class_id"), seed=1, batch_size=4, num_steps=6)
+    in_process = [tuple(b) for b in step_batches(batches, start=2)]
+    workers = [tuple(b) for b in step_batches(batches, start=2, num_workers=2)]
+    assert len(in_process) == 4
+    for (tokens_a, labels_a), (tokens_b, labels_b) in zip(in_process, workers, strict=True):
+        assert torch.equal(tokens_a, tokens_b) and torch.equal(labels_a, labels_b)
+
+
+# ---- configs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"optimizer": {}}, r"unknown config key\(s\) \['optimizer'\]"),
+    ({"optim": {"lrr": 0.1}}, r"\['optim.lrr'\]"),
+    ({"checkpoint": {"every": "often"}}, r"checkpoint.every: expected an integer, got 'often'"),
+    ({"optim": {"betas": [0.9]}}, r"optim.betas: expected 2 values"),
+    ({"optim": {"lr": "fast"}}, r"optim.lr: expected a number, got 'fast'"),
+    ({"data": {"num_workers": -1}}, r"data.num_workers must be >= 0"),
+    ({"tensorboard": "yes"}, r"tensorboard: expected true or false"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    path = write_config(tmp_path / "bad.yaml", tokenizer_config(tmp_path / "run", **change))
+    with pytest.raises(ValueError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_config_reads_exponent_strings_as_floats(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tokenizer_config(tmp_path / "run")) + "cond_drop_prob: 5e-2\n")
+    cfg = load_config(path, overrides={"optim": {"lr": "3e-4", "batch_size": 8, "grad_accum_steps": 2}})
+    assert cfg.cond_drop_prob == 0.05 and cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
