@@ -86,7 +86,7 @@ def main() -> None:
 
     print(f"# paradigms: GPT dim {args.dim}, {args.layers} layers; CFG {args.guidance_scale}; {args.threads} thread(s); "
           f"torch {torch.__version__}; {platform.processor() or platform.machine()}")
-    print("\n| paradigm | GPT params | forward passes / image | " + " | ".join(f"images/s (batch {b})" for b in args.batch_sizes)
+    print("\n| paradigm | GPT (+ flow head) params | forward passes / image | " + " | ".join(f"images/s (batch {b})" for b in args.batch_sizes)
           + " | " + " | ".join(f"vs next-token (batch {b})" for b in args.batch_sizes) + " |")
     print("|---|---|---|" + "---|" * (2 * len(args.batch_sizes)))
     times: dict[tuple[str, int], list[float]] = {}

@@ -39,6 +39,7 @@ from accelerate.utils import (
     set_seed,
 )
 from torch import nn
+from tqdm.auto import tqdm
 
 from mmgen.data import caption
 
@@ -208,9 +209,14 @@ class Trainer:
         start, cpu_start, first_step = time.perf_counter(), time.process_time(), self.step
         self.objective.train()
         pin = acc.device.type == "cuda"
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=f"train {cfg.kind}", unit="step",
+                   disable=not acc.is_main_process, dynamic_ncols=True)
         for batch in step_batches(self.batches, start=self.step, num_workers=cfg.data.num_workers, pin_memory=pin):
-            meter.add(self._train_step(batch))
+            logs = self._train_step(batch)
+            meter.add(logs)
             self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
             if self.step % cfg.log_every == 0 or self.step == cfg.optim.steps:
                 rate = (self.step - first_step) / (time.perf_counter() - start)
                 self._log({"step": self.step, "lr": self._lr(self.step - 1), "steps_per_s": rate, **self._reduce(meter.pop())})
@@ -218,6 +224,7 @@ class Trainer:
                 self.evaluate_now()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.optim.steps:
                 self.save_checkpoint()
+        bar.close()
         train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         acc.wait_for_everyone()
         report = self.finish(train_seconds=train_seconds, cpu_seconds=cpu_seconds)
@@ -288,7 +295,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         acc = self.accelerator
         if acc.is_main_process:
-            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
+            tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             _append_record(self.output_dir / METRICS_FILE, record)
         acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
 
