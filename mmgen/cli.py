@@ -18,8 +18,11 @@ from .demo import DEFAULT_CHECKPOINTS
 
 def _demo(args: argparse.Namespace) -> int:
     """Every shapes prompt with each paradigm's shipped checkpoint: PNGs, grids, manifest.json and index.html."""
+    from diffusers.utils import logging as diffusers_logging
+
     from .demo import run_demo
 
+    diffusers_logging.disable_progress_bar()  # diffusers' "Loading pipeline components" bars; the demo prints a summary
     start = time.perf_counter()
     manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
                         seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm)
