@@ -15,7 +15,7 @@ import torch
 
 from .config import SamplingConfig
 from .guidance import GuidanceSchedule, apply_guidance
-from .params import check_logits, check_params, describe_bad_rows
+from .params import check_inputs, describe_bad_rows
 from .reference import probs_and_validity
 from .sampler import BACKENDS, sample, triton_available
 
@@ -35,18 +35,9 @@ def filtered_probs(
     Useful for likelihoods and speculative verification; raises like :func:`sample` on rows
     that cannot be sampled.
     """
-    N, V = check_logits(logits, uncond_logits)
-    params = check_params(
-        num_rows=N,
-        vocab_size=V,
-        device=logits.device,
-        has_uncond=uncond_logits is not None,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        guidance_scale=guidance_scale,
-    )
+    params = check_inputs(logits, uncond_logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          guidance_scale=guidance_scale)
+    N = params.num_rows
     probs_NV, valid_N = probs_and_validity(logits, uncond_logits, params)
     if N and not bool(valid_N.all()):
         raise ValueError(describe_bad_rows(params, logits, uncond_logits, valid_N))

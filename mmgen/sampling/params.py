@@ -113,6 +113,31 @@ def check_params(
     return SamplingParams(**checked, num_rows=num_rows, vocab_size=vocab_size)
 
 
+def check_inputs(
+    logits: object,
+    uncond_logits: object,
+    *,
+    temperature: object,
+    top_k: object,
+    top_p: object,
+    min_p: object,
+    guidance_scale: object,
+) -> SamplingParams:
+    """:func:`check_logits` then :func:`check_params` for those logits: what every sampling entry point checks."""
+    num_rows, vocab_size = check_logits(logits, uncond_logits)
+    return check_params(
+        num_rows=num_rows,
+        vocab_size=vocab_size,
+        device=logits.device,
+        has_uncond=uncond_logits is not None,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        guidance_scale=guidance_scale,
+    )
+
+
 def sanitized(params: SamplingParams) -> tuple[dict[str, PerRow], torch.Tensor | None]:
     """Numbers unchanged; per-row tensors as float32 ``[N]`` (``top_k`` int64), in range.
 

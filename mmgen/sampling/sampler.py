@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from .fast import sample_fast
-from .params import check_logits, check_params, describe_bad_rows
+from .params import check_inputs, describe_bad_rows
 from .reference import sample_reference
 from .rng import base_seed, check_seed, row_seeds
 
@@ -52,18 +52,9 @@ def sample(
     ``"triton"`` (one fused kernel; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1``),
     ``"auto"`` (triton for CUDA tensors when triton is installed, else fast).
     """
-    N, V = check_logits(logits, uncond_logits)
-    params = check_params(
-        num_rows=N,
-        vocab_size=V,
-        device=logits.device,
-        has_uncond=uncond_logits is not None,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        guidance_scale=guidance_scale,
-    )
+    params = check_inputs(logits, uncond_logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          guidance_scale=guidance_scale)
+    N = params.num_rows
     check_seed(seed, generator, N, logits.device)
     if num_samples is not None and (
         isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
