@@ -27,6 +27,7 @@ __all__ = [
     "NUM_CLASSES",
     "SPLITS",
     "class_id",
+    "class_parts",
     "caption",
     "parse_caption",
     "render_shape",
@@ -64,7 +65,8 @@ def class_id(shape: str, colour: str) -> int:
     return SHAPES.index(shape) * len(COLOURS) + COLOURS.index(colour)
 
 
-def _split_class(class_id_: int) -> tuple[str, str]:
+def class_parts(class_id_: int) -> tuple[str, str]:
+    """``(shape, colour)`` of a class id: the inverse of :func:`class_id`."""
     if isinstance(class_id_, bool) or not isinstance(class_id_, (int, np.integer)) or not 0 <= class_id_ < NUM_CLASSES:
         raise ValueError(f"class_id must be an int in [0, {NUM_CLASSES}), got {class_id_!r}")
     return SHAPES[int(class_id_) // len(COLOURS)], COLOURS[int(class_id_) % len(COLOURS)]
@@ -72,7 +74,7 @@ def _split_class(class_id_: int) -> tuple[str, str]:
 
 def caption(class_id: int) -> str:
     """Caption of a class, ``"a {colour} {shape}"``."""
-    shape, colour = _split_class(class_id)
+    shape, colour = class_parts(class_id)
     return f"a {colour} {shape}"
 
 
@@ -172,7 +174,7 @@ class ShapesDataset(Dataset):
         rng = _item_rng(self.seed, SPLITS.index(self.split), index)
         radius = rng.uniform(*RADIUS_RANGE) * self.size
         centre = (rng.uniform(radius, self.size - radius), rng.uniform(radius, self.size - radius))
-        shape, colour = _split_class(index % NUM_CLASSES)
+        shape, colour = class_parts(index % NUM_CLASSES)
         return {"shape": shape, "colour": colour, "centre": centre, "radius": radius, "class_id": index % NUM_CLASSES}
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:

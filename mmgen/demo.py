@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .data import NUM_CLASSES, caption
+from .data import NUM_CLASSES, caption, class_parts
 from .metrics import judge_shapes
 
 __all__ = ["DEFAULT_CHECKPOINTS", "PARADIGMS", "run_demo"]
@@ -74,12 +74,12 @@ def _run_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, see
     folder = out_dir / paradigm
     folder.mkdir()
     right = 0
-    for i, (image, (shape, colour)) in enumerate(zip(out.images, judged)):
+    for i, (image, (shape, colour)) in enumerate(zip(images, judged)):
         class_id, prompt = i // repeat, prompts[i // repeat]
-        ok = (shape, colour) == tuple(reversed(prompt.split()[1:]))
+        ok = (shape, colour) == class_parts(class_id)
         right += ok
         name = f"{paradigm}/{i:03d}-{prompt.replace(' ', '-')}-seed{seeds[i]}.png"
-        save_grid(image[None] * 2 - 1, out_dir / name, rows=1)
+        save_grid(image[None], out_dir / name, rows=1)
         manifest["samples"].append({"file": name, "paradigm": paradigm, "prompt": prompt, "class_id": class_id,
                                     "seed": seeds[i], "seconds": seconds / len(seeds),
                                     "judged": {"shape": shape, "colour": colour}, "right": bool(ok)})

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import COLOUR_RGB, COLOURS, NUM_CLASSES, SHAPES, _coverage
+from .data import COLOUR_RGB, COLOURS, NUM_CLASSES, SHAPES, _coverage, class_parts
 
 __all__ = [
     "psnr",
@@ -290,6 +290,5 @@ def prompt_adherence(images: torch.Tensor, class_ids: torch.Tensor | Sequence[in
         raise ValueError(f"need images [B, 3, H, W] with B >= 1 and B class ids, got images {got} and {len(ids)} ids")
     if any(not 0 <= int(c) < NUM_CLASSES for c in ids):
         raise ValueError(f"class ids must lie in [0, {NUM_CLASSES}), got {sorted(set(int(c) for c in ids))}")
-    hits = sum(judged == (SHAPES[int(c) // len(COLOURS)], COLOURS[int(c) % len(COLOURS)])
-               for judged, c in zip(judge_shapes(images), ids))
+    hits = sum(judged == class_parts(int(c)) for judged, c in zip(judge_shapes(images), ids))
     return hits / len(ids)

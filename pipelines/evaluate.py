@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from mmgen.data import NUM_CLASSES, caption
-from mmgen.metrics import judge_shapes, prompt_adherence
+from mmgen.data import NUM_CLASSES, class_parts
+from mmgen.metrics import judge_shapes
 
 from .base import ARImagePipeline
 
@@ -20,6 +20,7 @@ def shapes_adherence(pipe: ARImagePipeline, *, samples_per_class: int = 10, batc
                      **call_kwargs: Any) -> dict[str, Any]:
     """Generate ``samples_per_class`` images for each of the 21 shapes classes and judge them.
 
+    The judge is :func:`mmgen.metrics.judge_shapes`, as in :func:`mmgen.metrics.prompt_adherence`.
     Sample i of class c uses its own generator seeded ``seed + c * samples_per_class + i``, so the figure
     does not depend on ``batch_size``. Returns ``adherence`` (fraction judged exactly right), the colour-
     and shape-only rates, per-class adherence, seconds per image, and the images ``[N, 3, H, W]`` in [-1, 1].
@@ -38,13 +39,13 @@ def shapes_adherence(pipe: ARImagePipeline, *, samples_per_class: int = 10, batc
     seconds = time.perf_counter() - start
     images_NCHW = torch.cat(images)
     judged = judge_shapes(images_NCHW)
-    wanted = [tuple(reversed(caption(c).split()[1:])) for c in labels]  # (shape, colour)
+    wanted = [class_parts(c) for c in labels]  # (shape, colour)
     per_class = [
         sum(judged[i] == wanted[i] for i in range(len(labels)) if labels[i] == c) / samples_per_class
         for c in range(NUM_CLASSES)
     ]
     return {
-        "adherence": prompt_adherence(images_NCHW, labels),
+        "adherence": sum(j == w for j, w in zip(judged, wanted)) / len(labels),
         "colour_right": sum(j[1] == w[1] for j, w in zip(judged, wanted)) / len(labels),
         "shape_right": sum(j[0] == w[0] for j, w in zip(judged, wanted)) / len(labels),
         "per_class": per_class,
