@@ -349,3 +349,14 @@ def test_text_conditioned_generator_trains_and_follows_prompts_api(tokenizer_dir
     out = pipe(prompt=["a red circle", "a blue square"], guidance_scale=2.0, output_type="pt",
                generator=[torch.Generator().manual_seed(i) for i in range(2)])
     assert out.images.shape == (2, 3, 16, 16)
+
+
+def test_next_x_scale_entity_without_patch_nums_gets_room_for_its_default_scales(kl_tokenizer_dir, tmp_path):
+    """The GPT's max_seq_len covers the scales NextXPipeline picks itself (4x4 latents: 1, 2, 4)."""
+    from mmgen.training import build_pipeline
+
+    values = generator_config(kl_tokenizer_dir, tmp_path / "run", pipeline="NextXPipeline",
+                              pipeline_args={"entity": "scale"}, head={"width": 16, "depth": 1})
+    pipe = build_pipeline(load_config(write_config(tmp_path / "scale.yaml", values)))
+    assert pipe.body_layout().seq_len == 1 + 4 + 16
+    assert pipe.gpt.cfg.max_seq_len == 1 + pipe.body_layout().seq_len

@@ -98,5 +98,8 @@ def _body_length(pipeline: str, tokenizer: torch.nn.Module, pipeline_args: dict[
         return tokenizer.max_tokens
     h, w = tokenizer.grid_shape()
     if pipeline_args.get("entity") == "scale":
-        return sum(pn * pn for pn in pipeline_args.get("patch_nums", [h]))
+        from pipelines.next_x import default_patch_nums
+
+        patch_nums = pipeline_args.get("patch_nums") or default_patch_nums(h)  # what NextXPipeline itself uses
+        return sum(pn * pn for pn in patch_nums)
     return h * w
