@@ -7,7 +7,7 @@ downsampling factor is ``2 ** (len(channel_mult) - 1)``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,20 @@ def latent_grid(image_size: int, downsample: int) -> tuple[int, int]:
     if image_size % downsample:
         raise ValueError(f"image_size={image_size} must be divisible by the downsampling factor {downsample}")
     return image_size // downsample, image_size // downsample
+
+
+class LatentGridMixin:
+    """``downsample`` and ``grid_shape`` of a conv tokenizer whose config has ``image_size`` and ``downsample``."""
+
+    cfg: Any
+
+    @property
+    def downsample(self) -> int:
+        return self.cfg.downsample
+
+    def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
+        """The ``(h, w)`` token grid of a square image (``image_size`` defaults to the configured one)."""
+        return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -18,7 +18,7 @@ from mmgen.hub import PretrainedModel
 from mmgen.tokens import ContinuousContent, DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder, latent_grid
+from .conv import ConvDecoder, ConvEncoder, LatentGridMixin
 from .vq import REC_LOSSES, default_channel_mult, reconstruction_loss
 
 __all__ = ["KLConfig", "KLImageTokenizer", "gaussian_kl"]
@@ -69,7 +69,7 @@ class KLConfig:
             raise ValueError(f"ptq_sigma must be > 0, got {self.ptq_sigma!r}")
 
 
-class KLImageTokenizer(PretrainedModel):
+class KLImageTokenizer(LatentGridMixin, PretrainedModel):
     """Images ``[B, 3, H, W]`` in [-1, 1] ↔ latents ``[B, latent_dim, H/f, W/f]`` (a diagonal-Gaussian VAE).
 
     ``encode`` gives the posterior mean (``sample=True`` draws from it); ``decode`` maps latents back.
@@ -93,14 +93,6 @@ class KLImageTokenizer(PretrainedModel):
     @property
     def latent_dim(self) -> int:
         return self.cfg.latent_dim
-
-    @property
-    def downsample(self) -> int:
-        return self.cfg.downsample
-
-    def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
-        """The ``(h, w)`` latent grid of a square image (``image_size`` defaults to the configured one)."""
-        return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid of continuous ``latent_dim`` vectors (position (y, x) is ``latents[:, :, y, x]``)."""

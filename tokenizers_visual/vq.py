@@ -22,7 +22,7 @@ from mmgen.hub import PretrainedModel
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder, downsample_factor, latent_grid
+from .conv import ConvDecoder, ConvEncoder, LatentGridMixin, downsample_factor
 
 __all__ = ["CosineVectorQuantizer", "VQConfig", "VQImageTokenizer", "default_channel_mult", "reconstruction_loss"]
 
@@ -198,7 +198,7 @@ class CosineVectorQuantizer(nn.Module):
         return {"usage": float((self.steps_unused < self.dead_code_steps).float().mean()), "perplexity": perplexity}
 
 
-class VQImageTokenizer(PretrainedModel):
+class VQImageTokenizer(LatentGridMixin, PretrainedModel):
     """Images ``[B, 3, H, W]`` in [-1, 1] ↔ ids ``[B, H/f, W/f]`` over ``codebook_size`` codes.
 
     ``ConvEncoder`` → 1×1 conv to ``codebook_dim`` → :class:`CosineVectorQuantizer` → 1×1 conv →
@@ -224,14 +224,6 @@ class VQImageTokenizer(PretrainedModel):
     @property
     def codebook_size(self) -> int:
         return self.cfg.codebook_size
-
-    @property
-    def downsample(self) -> int:
-        return self.cfg.downsample
-
-    def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
-        """The ``(h, w)`` id grid of a square image (``image_size`` defaults to the configured one)."""
-        return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid layout of one image's ids (row-major, matching ``ids.reshape(B, -1)``)."""
