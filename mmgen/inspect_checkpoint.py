@@ -14,12 +14,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .hub import CONFIG_NAME as MODEL_CONFIG
+from .hub import PICKLE_SUFFIXES
+
 __all__ = ["describe", "file_kind", "format_description", "human_bytes", "safetensors_summary"]
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PICKLE_KIND = "pickle (not loaded)"
 TRUSTED_PACKAGES = ("mmgen", "tokenizers_visual", "tokenizers_audio")
-MODEL_CONFIG = "config.json"
 PIPELINE_INDEX = "model_index.json"
 TOKEN_INDEX = "tokens.json"
 CHECKPOINT_STATE = "trainer_state.json"
