@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .demo import DEFAULT_CHECKPOINTS
+from .files import write_atomically
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -212,12 +213,6 @@ def _condition_kwargs(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {"num_samples_per_prompt": len(batch)}
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def _generate(args: argparse.Namespace) -> int:
     """Images from a saved pipeline, one PNG per sample (seed = --seed + index) and a manifest.json."""
     source = _pipeline_source(args.pipeline)
@@ -236,10 +231,10 @@ def _generate(args: argparse.Namespace) -> int:
         seconds = (time.perf_counter() - start) / len(batch)
         out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
         for item, image in zip(batch, images):
-            _write_atomically(out / item["file"], lambda tmp, image=image: image.save(tmp, format="PNG"))
+            write_atomically(out / item["file"], lambda tmp, image=image: image.save(tmp, format="PNG"))
             item["seconds"] = seconds
     manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "options": options, "images": plan}
-    _write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     total = sum(item["seconds"] for item in plan)
     print(f"mmgen generate: {len(plan)} image(s) from {source} written to {out} ({total:.2f} s); see {out / MANIFEST}")
     return 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .files import write_text_atomically
+
 __all__ = ["CARD_NAME", "PACKAGE_LICENSE", "loading_code", "render_model_card", "write_model_card"]
 
 CARD_NAME = "README.md"
@@ -67,9 +69,7 @@ def write_model_card(
         raise FileExistsError(f"{card} already exists; pass overwrite=True to replace it")
     text = render_model_card(title=title, config=config, data=data, training=training, metrics=metrics,
                              usage=usage, reproduce=reproduce, summary=summary, tags=tags, license=license)
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(card)
+    write_text_atomically(card, text)
     return card
 
 

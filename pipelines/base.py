@@ -29,6 +29,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from mmgen.gpt import GPT, TEXT_PAD_ID
+from mmgen.files import write_text_atomically
 from mmgen.hub import resolve_pipeline_path
 from mmgen.sampling import GuidanceSchedule, sample
 from mmgen.tokens import TokenLayout
@@ -375,9 +376,7 @@ class ARImagePipeline(DiffusionPipeline):
         index_file = folder / "model_index.json"
         index = json.loads(index_file.read_text())
         index["_class_name"] = [SHIM_MODULE, type(self).__name__]
-        tmp = index_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        tmp.replace(index_file)
+        write_text_atomically(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ARImagePipeline":  # type: ignore[override]

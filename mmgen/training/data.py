@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from mmgen.data import ImageFolder, ShapesDataset
+from mmgen.files import write_atomically
 
 from .config import DataConfig
 
@@ -155,9 +156,8 @@ def save_token_shards(folder: str | Path, tokens: torch.Tensor, labels: torch.Te
     paths = []
     for number, start in enumerate(range(0, tokens.shape[0], shard_size)):
         path = folder / f"shard-{number:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({"tokens": tokens[start:start + shard_size].contiguous(), "labels": labels[start:start + shard_size].contiguous()}, str(tmp))
-        tmp.replace(path)
+        shard = {"tokens": tokens[start:start + shard_size].contiguous(), "labels": labels[start:start + shard_size].contiguous()}
+        write_atomically(path, lambda tmp, shard=shard: save_file(shard, str(tmp)))
         paths.append(path)
     index = {"shards": [p.name for p in paths], "num_items": int(tokens.shape[0]), **meta}
     (folder / SHARD_INDEX).write_text(json.dumps(index, indent=2))

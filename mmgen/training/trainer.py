@@ -42,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmgen.data import caption
+from mmgen.files import write_text_atomically
 
 from .builders import build_pipeline, build_tokenizer
 from .config import TrainConfig
@@ -547,9 +548,7 @@ def _truncate_records(path: Path, *, after_step: int) -> None:
     kept = [line for line in lines if _record_step(line) <= after_step]
     if kept == lines:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_text_atomically(path, "".join(kept))
 
 
 def _record_step(line: str) -> float:
