@@ -8,9 +8,19 @@ and, on first use, those of the sibling packages ``tokenizers_visual``, ``tokeni
 from importlib import import_module
 from typing import Any
 
-from . import data, metrics, sampling
+from . import data, metrics, patterns, sampling
+from .conditioning import (
+    ByteTextConditioner,
+    ClassConditioner,
+    Conditioner,
+    Conditioning,
+    TextEncoderConditioner,
+)
 from .flow_head import FlowHead, FlowHeadConfig
+from .generation import Decoder, GroupRequest, generate
 from .gpt import GPT, GPTConfig, KVCache, split_guidance_batch
+from .heads import CategoricalHead, CategoricalHeadConfig, DepthHead, DepthHeadConfig, Head
+from .protocol import ScaleContext, Tokenizer, TokenSpec
 from .sampling import GuidanceSchedule, SamplingConfig, apply_guidance, filtered_probs, sample
 from .tokens import ContinuousContent, DiscreteContent, TokenContent, TokenLayout
 
@@ -33,6 +43,23 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ByteTextConditioner",
+    "CategoricalHead",
+    "CategoricalHeadConfig",
+    "ClassConditioner",
+    "Conditioner",
+    "Conditioning",
+    "Decoder",
+    "DepthHead",
+    "DepthHeadConfig",
+    "GroupRequest",
+    "Head",
+    "ScaleContext",
+    "TextEncoderConditioner",
+    "Tokenizer",
+    "TokenSpec",
+    "generate",
+    "patterns",
     "GPT",
     "FlowHead",
     "FlowHeadConfig",

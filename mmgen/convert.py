@@ -1,5 +1,10 @@
 """Weights in from transformers' Llama: the proof that the backbone computes what Llama computes.
 
+``gpt, head = gpt_from_llama(llama)`` gives the trunk and its :class:`~mmgen.heads.CategoricalHead`;
+``head.logits(gpt(ids))`` equals ``llama(ids).logits`` and :func:`mmgen.programs.continue_tokens`
+continues as ``llama.generate`` does. The GPT has no output vocabulary of its own, so a tied Llama's
+head gets a copy of the embedding weights.
+
 Only the default rotary scheme is converted; Llama-3-style frequency scaling or other
 ``rope_type``s are refused with a clear error rather than converted into different numbers.
 """
@@ -13,6 +18,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .gpt import GPT
+    from .heads import CategoricalHead
 
 __all__ = ["gpt_from_llama"]
 
@@ -31,14 +37,15 @@ def _rope_theta(config) -> float:
     return float(theta)
 
 
-def gpt_from_llama(gpt_class: type["GPT"], model: nn.Module) -> "GPT":
-    """Map a ``LlamaForCausalLM``'s config and weights onto a :class:`mmgen.GPT`."""
+def gpt_from_llama(model: nn.Module) -> tuple["GPT", "CategoricalHead"]:
+    """Map a ``LlamaForCausalLM``'s config and weights onto a :class:`mmgen.GPT` and its output head."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) != "llama" or not hasattr(model, "model"):
         raise TypeError(f"model must be a transformers LlamaForCausalLM, got {type(model).__name__}")
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"only SiLU-gated MLPs convert; this model uses hidden_act={config.hidden_act!r}")
-    from .gpt import GPTConfig
+    from .gpt import GPT, GPTConfig
+    from .heads import CategoricalHead, CategoricalHeadConfig
 
     gpt_config = GPTConfig(
         vocab_size=config.vocab_size,
@@ -51,15 +58,15 @@ def gpt_from_llama(gpt_class: type["GPT"], model: nn.Module) -> "GPT":
         norm_eps=config.rms_norm_eps,
         rope_theta=_rope_theta(config),
         max_seq_len=config.max_position_embeddings,
-        tie_embeddings=bool(config.tie_word_embeddings),
         attention_bias=bool(getattr(config, "attention_bias", False)),
         mlp_bias=bool(getattr(config, "mlp_bias", False)),
     )
     source = model.model
     dtype = source.embed_tokens.weight.dtype
-    gpt = gpt_class(gpt_config)
+    gpt = GPT(gpt_config)
+    head = CategoricalHead(CategoricalHeadConfig(dim=config.hidden_size, codebook_sizes=[config.vocab_size]))
     if dtype != torch.float32:
-        gpt = gpt.to(dtype)
+        gpt, head = gpt.to(dtype), head.to(dtype)
     with torch.no_grad():
         gpt.tok_embeddings[0].weight.copy_(source.embed_tokens.weight)
         for block, layer in zip(gpt.layers, source.layers):
@@ -77,6 +84,7 @@ def gpt_from_llama(gpt_class: type["GPT"], model: nn.Module) -> "GPT":
                 block.ffn.w13.bias.copy_(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
                 block.ffn.w2.bias.copy_(mlp.down_proj.bias)
         gpt.norm.weight.copy_(source.norm.weight)
-        if not gpt_config.tie_embeddings:
-            gpt.heads[0].weight.copy_(model.lm_head.weight)
-    return gpt.to(source.embed_tokens.weight.device).eval()
+        # a tied Llama's lm_head is its embedding table; the head holds a copy of it
+        head.projections[0].weight.copy_(model.lm_head.weight)
+    device = source.embed_tokens.weight.device
+    return gpt.to(device).eval(), head.to(device).eval()

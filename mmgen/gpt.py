@@ -3,9 +3,11 @@
 RMSNorm, SwiGLU, grouped-query attention, N-D rotary positions from the token layout, optional
 QK-norm and AdaLN. Attention follows the layout's groups (causal is the case of one position per
 group), runs through ``scaled_dot_product_attention`` and uses a static preallocated KV cache for
-prefill and step decoding. Conditioning comes in as prefix tokens (class ids with a null class for
-classifier-free guidance, byte-level text) or as an AdaLN vector. Heads are categorical, one per
-codebook; ``hidden_states`` gives the trunk's output for other heads (e.g. flow matching).
+prefill and step decoding, whose filled length can be rolled back (speculative decoding) and whose
+mask can be overridden (tree verification). The GPT knows nothing about classes, text or output
+vocabularies: conditioning arrives as prefix embeddings (with a validity mask) or an AdaLN vector
+from a :mod:`mmgen.conditioning` conditioner, and :mod:`mmgen.heads` turn ``hidden_states`` into
+tokens. Its only vocabularies are the input tables for discrete tokens (none for continuous models).
 """
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ from torch import nn
 
 from .hub import PretrainedModel
 from .rope import NDRotaryEmbedding, apply_rotary
-from .sampling import sample
 from .tokens import ContinuousContent, DiscreteContent, TokenLayout
 
-__all__ = ["GPTConfig", "GPT", "KVCache", "split_guidance_batch", "TEXT_VOCAB_SIZE", "TEXT_PAD_ID"]
-
-TEXT_PAD_ID = 256
-TEXT_VOCAB_SIZE = 257  # 256 byte values + the pad / null-prompt id
+__all__ = ["GPTConfig", "GPT", "KVCache", "split_guidance_batch"]
 
 
 @dataclass
 class GPTConfig:
-    """Size and options of a :class:`GPT`. ``None`` fields are derived in ``__post_init__``."""
+    """Size and options of a :class:`GPT`. ``None`` fields are derived in ``__post_init__``.
+
+    ``vocab_size``: the input tables of discrete tokens, an int or one per codebook; 0 for a model
+    whose inputs are only continuous (``input_dim``) or learned (``start_token``).
+    """
 
     vocab_size: int | list[int] = 1024
     dim: int = 256
@@ -45,11 +47,8 @@ class GPTConfig:
     coord_rank: int = 1
     qk_norm: bool = False
     max_seq_len: int = 2048
-    tie_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
-    num_classes: int = 0
-    text_max_len: int = 0
     adaln_dim: int = 0
     input_dim: int = 0
     start_token: bool = False
@@ -57,14 +56,17 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         sizes = [self.vocab_size] if isinstance(self.vocab_size, int) else list(self.vocab_size)
-        if not sizes or any(not isinstance(v, int) or v < 1 for v in sizes):
-            raise ValueError(f"vocab_size must be a positive int or a list of them (one per codebook), got {self.vocab_size!r}")
+        no_tables = sizes == [0]
+        if not sizes or (not no_tables and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
+            raise ValueError(f"vocab_size must be a positive int, a list of them (one per codebook) or 0, got {self.vocab_size!r}")
         self.vocab_size = sizes[0] if len(sizes) == 1 else sizes
         for name in ("dim", "n_layers", "n_heads", "coord_rank", "max_seq_len"):
             _require_positive(name, getattr(self, name))
-        for name in ("num_classes", "text_max_len", "adaln_dim", "input_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+        for name in ("adaln_dim", "input_dim"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if no_tables and not self.input_dim and not self.start_token:
+            raise ValueError("vocab_size=0 needs another input: input_dim > 0 (continuous tokens) or start_token=True")
         self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
         _require_positive("n_kv_heads", self.n_kv_heads)
         if self.n_heads % self.n_kv_heads:
@@ -77,17 +79,13 @@ class GPTConfig:
         if self.ffn_dim is None:
             self.ffn_dim = 64 * math.ceil(8 * self.dim / 3 / 64)
         _require_positive("ffn_dim", self.ffn_dim)
-        if self.tie_embeddings and len(sizes) > 1:
-            raise ValueError("tie_embeddings needs a single codebook (vocab_size an int)")
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
+        """Input vocabularies, one per codebook; empty for a model without token tables."""
+        if self.vocab_size == 0:
+            return ()
         return (self.vocab_size,) if isinstance(self.vocab_size, int) else tuple(self.vocab_size)
-
-    @property
-    def null_class_id(self) -> int:
-        """Class id of the unconditional branch for classifier-free guidance."""
-        return self.num_classes
 
 
 def _require_positive(name: str, value: object) -> None:
@@ -128,6 +126,11 @@ class KVCache(nn.Module):
         self.k[:, :, start:end] = k_BHTD
         self.v[:, :, start:end] = v_BHTD
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (zeroed, as never written): a rollback."""
+        self.k[:, :, length:] = 0
+        self.v[:, :, length:] = 0
 
 
 class Attention(nn.Module):
@@ -194,10 +197,11 @@ class Block(nn.Module):
 
 
 class GPT(PretrainedModel):
-    """Llama-style decoder over any token layout. Build with ``GPT(GPTConfig(...))``.
+    """Llama-style decoder trunk over any token layout. Build with ``GPT(GPTConfig(...))``.
 
-    ``gpt(input_ids)`` returns logits ``[B, T, V]`` for a plain causal 1D sequence (a list of
-    ``[B, T, V_d]`` for several codebooks). ``gpt.generate`` decodes with the KV cache.
+    ``gpt.hidden_states(gpt.embed_tokens(ids), layout=...)`` gives ``[B, T, dim]``; a head from
+    :mod:`mmgen.heads` turns them into logits or latents, and :mod:`mmgen.generation` drives the
+    KV-cached loop.
     """
 
     config_class = GPTConfig
@@ -206,18 +210,14 @@ class GPT(PretrainedModel):
         super().__init__()
         cfg = self._register_typed_config(config)
         self.cfg = cfg
-        self.content = DiscreteContent(cfg.codebook_sizes)
+        self.content = DiscreteContent(cfg.codebook_sizes) if cfg.codebook_sizes else None
         self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
-        self.class_embedding = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.num_classes else None
-        self.text_embedding = nn.Embedding(TEXT_VOCAB_SIZE, cfg.dim) if cfg.text_max_len else None
         self.input_proj = nn.Linear(cfg.input_dim, cfg.dim) if cfg.input_dim else None
         self.start_embedding = nn.Parameter(torch.zeros(cfg.dim)) if cfg.start_token else None
         self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.final_adaln = nn.Linear(cfg.adaln_dim, 2 * cfg.dim) if cfg.adaln_dim else None
-        heads = () if cfg.tie_embeddings else (nn.Linear(cfg.dim, v, bias=False) for v in cfg.codebook_sizes)
-        self.heads = nn.ModuleList(heads)
         self.apply(self._init_weights)
         if self.start_embedding is not None:
             nn.init.normal_(self.start_embedding, std=cfg.init_std)
@@ -235,10 +235,9 @@ class GPT(PretrainedModel):
     # ---- inputs ------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids ``[B, T]`` (or ``[B, T, D]`` for D codebooks) → embeddings ``[B, T, dim]``, summed over codebooks."""
+        if self.content is None:
+            raise ValueError("token ids given, but the model was built with vocab_size=0 (no token tables)")
         self.content.check_ids(ids, name="input_ids")
-        return self._embed_tokens(ids)
-
-    def _embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         if len(self.tok_embeddings) == 1:
             return self.tok_embeddings[0](ids)
         return sum(table(ids[..., d]) for d, table in enumerate(self.tok_embeddings))
@@ -249,47 +248,13 @@ class GPT(PretrainedModel):
             raise ValueError("continuous inputs given, but the model was built with input_dim=0")
         if x_BTC.dim() != 3 or x_BTC.shape[-1] != self.cfg.input_dim:
             raise ValueError(f"continuous inputs must have shape [B, T, {self.cfg.input_dim}], got {tuple(x_BTC.shape)}")
-        return self.input_proj(x_BTC)
+        return self.input_proj(x_BTC.to(self.input_proj.weight.dtype))
 
     def start_inputs(self, batch_size: int, length: int) -> torch.Tensor:
         """The learned start embedding ``[B, length, dim]``: the input of the first group, which has nothing before it."""
         if self.start_embedding is None:
             raise ValueError("a start input is needed, but the model was built with start_token=False")
         return self.start_embedding.view(1, 1, -1).expand(batch_size, length, -1)
-
-    def embed_class(self, class_labels: torch.Tensor) -> torch.Tensor:
-        """Class ids ``[B]`` → one prefix token ``[B, 1, dim]``; id ``num_classes`` is the null class."""
-        if self.class_embedding is None:
-            raise ValueError("class_labels given, but the model was built with num_classes=0 (no class conditioning)")
-        if not isinstance(class_labels, torch.Tensor) or class_labels.dtype != torch.long or class_labels.dim() != 1:
-            raise TypeError("class_labels must be a 1-D torch.long tensor [B]")
-        bad = (class_labels < 0) | (class_labels > self.cfg.num_classes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"class_labels holds {int(class_labels[bad][0])}; expected 0..{self.cfg.num_classes - 1} "
-                f"(or {self.cfg.null_class_id} for the null class)"
-            )
-        return self.class_embedding(class_labels).unsqueeze(1)
-
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompts → byte ids ``[B, text_max_len]``, right-padded with ``TEXT_PAD_ID`` (an empty prompt is the null prompt)."""
-        if self.text_embedding is None:
-            raise ValueError("prompts given, but the model was built with text_max_len=0 (no text conditioning)")
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a list of str")
-        ids = torch.full((len(prompts), self.cfg.text_max_len), TEXT_PAD_ID, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            data = prompt.encode("utf-8")
-            if len(data) > self.cfg.text_max_len:
-                raise ValueError(f"prompt {prompt!r} is {len(data)} bytes; the model takes at most text_max_len={self.cfg.text_max_len}")
-            ids[row, : len(data)] = torch.tensor(list(data), dtype=torch.long)
-        return ids.to(self.device)
-
-    def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
-        """Byte ids from :meth:`encode_text` → prefix tokens ``[B, text_max_len, dim]``."""
-        if self.text_embedding is None:
-            raise ValueError("text given, but the model was built with text_max_len=0 (no text conditioning)")
-        return self.text_embedding(text_ids)
 
     # ---- cache -------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_seq_len: int | None = None, *, dtype: torch.dtype | None = None) -> None:
@@ -306,6 +271,15 @@ class GPT(PretrainedModel):
         for block in self.layers:
             block.attn.cache = None
 
+    def rollback_cache(self, length: int) -> None:
+        """Keep the first ``length`` cached positions and forget the rest (rejected speculative tokens)."""
+        if self.cache_shape is None:
+            raise ValueError("rollback_cache needs a KV cache; call setup_cache first")
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.cache_shape[1]:
+            raise ValueError(f"length must be an int in 0..{self.cache_shape[1]} (the cache's positions), got {length!r}")
+        for block in self.layers:
+            block.attn.cache.truncate(length)
+
     @property
     def cache_shape(self) -> tuple[int, int] | None:
         """``(batch_size, max_seq_len)`` of the allocated KV cache, or None."""
@@ -321,27 +295,17 @@ class GPT(PretrainedModel):
         layout: TokenLayout | None = None,
         start_pos: int | None = None,
         condition: torch.Tensor | None = None,
-        logits_to_keep: int = 0,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """Logits for positions ``[start_pos, start_pos + T)``.
-
-        ``layout`` describes the whole sequence (coordinates, groups, padding); this call takes its
-        positions ``start_pos .. start_pos + T``. Without a layout the sequence is plain 1D causal.
-        With ``start_pos`` set, keys and values go to the KV cache (see :meth:`setup_cache`).
-        ``logits_to_keep=n`` computes logits for the last n positions only (0: all).
-        """
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states ``[B, T, dim]`` for ids or embeddings at positions ``[start_pos, start_pos + T)``."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
             if layout is not None and isinstance(layout.content, ContinuousContent):
                 raise ValueError("layout holds continuous tokens; pass inputs_embeds, not input_ids")
             inputs_embeds = self.embed_tokens(input_ids)
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cfg.dim:
-            raise ValueError(f"inputs_embeds must have shape [B, T, {self.cfg.dim}], got {tuple(inputs_embeds.shape)}")
-        hidden = self.hidden_states(inputs_embeds, layout=layout, start_pos=start_pos, condition=condition)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return self.logits(hidden)
+        return self.hidden_states(inputs_embeds, layout=layout, start_pos=start_pos, condition=condition,
+                                  attention_mask=attention_mask)
 
     def hidden_states(
         self,
@@ -350,8 +314,18 @@ class GPT(PretrainedModel):
         layout: TokenLayout | None = None,
         start_pos: int | None = None,
         condition: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The trunk: embeddings ``[B, T, dim]`` → normalised hidden states ``[B, T, dim]``."""
+        """The trunk: embeddings ``[B, T, dim]`` → normalised hidden states ``[B, T, dim]``.
+
+        ``layout`` describes the whole sequence (coordinates, groups, padding); this call takes its
+        positions ``start_pos .. start_pos + T``. Without a layout the sequence is plain 1D causal.
+        With ``start_pos`` set, keys and values go to the KV cache (see :meth:`setup_cache`).
+        ``attention_mask`` (bool ``[B, T, start_pos + T]``, True = may attend) replaces the layout's
+        group mask for these queries, e.g. to verify a tree of speculative tokens in one forward.
+        """
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cfg.dim:
+            raise ValueError(f"inputs_embeds must have shape [B, T, {self.cfg.dim}], got {tuple(inputs_embeds.shape)}")
         B, T, _ = inputs_embeds.shape
         start = self._check_positions(B, T, layout, start_pos)
         self._check_condition(B, condition)
@@ -362,6 +336,8 @@ class GPT(PretrainedModel):
         else:
             coords = layout.coords[:, start : start + T].to(inputs_embeds.device)
             mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
+        if attention_mask is not None:
+            mask = _check_mask_override(attention_mask, B, T, start).to(inputs_embeds.device)[:, None]
         cos, sin = self.rotary(coords)
         x = inputs_embeds
         for block in self.layers:
@@ -371,13 +347,6 @@ class GPT(PretrainedModel):
             shift, scale = self.final_adaln(condition).unsqueeze(1).chunk(2, dim=-1)
             x = x * (1 + scale) + shift
         return x
-
-    def logits(self, hidden_BTD: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Categorical heads: ``[B, T, V]`` for one codebook, a list of ``[B, T, V_d]`` for several."""
-        if self.cfg.tie_embeddings:
-            return F.linear(hidden_BTD, self.tok_embeddings[0].weight)
-        logits = [head(hidden_BTD) for head in self.heads]
-        return logits[0] if len(logits) == 1 else logits
 
     def _check_positions(self, B: int, T: int, layout: TokenLayout | None, start_pos: int | None) -> int:
         start = 0 if start_pos is None else start_pos
@@ -398,7 +367,7 @@ class GPT(PretrainedModel):
                 raise ValueError(f"layout has coordinate rank {layout.coord_rank}, the model expects coord_rank={self.cfg.coord_rank}")
             if isinstance(layout.content, DiscreteContent) and layout.content.codebook_sizes != self.cfg.codebook_sizes:
                 raise ValueError(
-                    f"layout holds codebooks {layout.content.codebook_sizes}, the model's heads are {self.cfg.codebook_sizes}"
+                    f"layout holds codebooks {layout.content.codebook_sizes}, the model's input tables are {self.cfg.codebook_sizes}"
                 )
             if layout.batch_size not in (1, B):
                 raise ValueError(f"layout has batch size {layout.batch_size}, inputs have {B}")
@@ -415,94 +384,15 @@ class GPT(PretrainedModel):
             got = None if condition is None else tuple(condition.shape)
             raise ValueError(f"condition must have shape [{B}, {self.cfg.adaln_dim}] (AdaLN), got {got}")
 
-    # ---- generation --------------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        generator: torch.Generator | None = None,
-        class_labels: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-    ) -> torch.Tensor:
-        """Continue ``input_ids [B, T]`` by ``max_new_tokens`` tokens; returns ``[B, T + max_new_tokens]``.
 
-        ``temperature=0`` is greedy. With ``class_labels`` a class token is prefixed; with
-        ``guidance_scale != 1`` the batch is doubled (null class) and the cond/uncond logits are
-        combined by :func:`mmgen.sampling.sample`.
-        """
-        if len(self.cfg.codebook_sizes) != 1:
-            raise ValueError("generate decodes one codebook; multi-codebook models are driven by a pipeline")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape [B, T], got {tuple(input_ids.shape)}")
-        _require_positive("max_new_tokens", max_new_tokens)
-        B, T = input_ids.shape
-        if T:
-            self.content.check_ids(input_ids, name="input_ids")
-        elif class_labels is None:
-            raise ValueError("input_ids is empty: give at least one prompt token or class_labels")
-        guided = guidance_scale != 1.0
-        prefix = None
-        if class_labels is not None:
-            if class_labels.shape != (B,):
-                raise ValueError(f"class_labels must have shape [{B}], got {tuple(class_labels.shape)}")
-            labels = class_labels
-            if guided:
-                labels = torch.cat([labels, torch.full_like(labels, self.cfg.null_class_id)])
-            prefix = self.embed_class(labels)
-        elif guided:
-            raise ValueError("guidance_scale != 1 needs class_labels: the null class is the unconditional branch")
-        rows = 2 * B if guided else B
-        x = self._embed_tokens(input_ids.repeat(rows // B, 1))
-        if prefix is not None:
-            x = torch.cat([prefix, x], dim=1)
-        pos = x.shape[1]
-        total = pos + max_new_tokens - 1
-        if total > self.cfg.max_seq_len:
-            raise ValueError(f"prompt plus max_new_tokens needs {total} positions, beyond max_seq_len={self.cfg.max_seq_len}")
-        self.setup_cache(rows, total)
-        try:
-            logits = self.logits(self.hidden_states(x, start_pos=0)[:, -1:])[:, -1]
-            new_tokens, all_valid = [], None
-            for step in range(max_new_tokens):
-                cond, uncond = split_guidance_batch(logits) if guided else (logits, None)
-                next_ids, valid = sample(
-                    cond.float(),
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    min_p=min_p,
-                    uncond_logits=None if uncond is None else uncond.float(),
-                    guidance_scale=guidance_scale,
-                    generator=generator,
-                    return_valid=True,
-                )
-                new_tokens.append(next_ids)
-                all_valid = valid if all_valid is None else all_valid & valid
-                if step + 1 == max_new_tokens:
-                    break
-                step_ids = next_ids.repeat(rows // B).unsqueeze(1)
-                logits = self.logits(self.hidden_states(self._embed_tokens(step_ids), start_pos=pos))[:, -1]
-                pos += 1
-        finally:
-            self.clear_cache()
-        if not bool(all_valid.all()):  # one read-back per call, not per step
-            rows = (~all_valid).nonzero().flatten().tolist()
-            raise ValueError(f"logits of rows {rows} became NaN/inf or were fully masked during generation")
-        return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
-
-    # ---- interop -----------------------------------------------------------------------------
-    @classmethod
-    def from_transformers_llama(cls, model: nn.Module) -> "GPT":
-        """Build a GPT with the weights of a ``transformers.LlamaForCausalLM`` (same logits)."""
-        from .convert import gpt_from_llama
-
-        return gpt_from_llama(cls, model)
+def _check_mask_override(mask: torch.Tensor, B: int, T: int, start: int) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError("attention_mask must be a bool tensor [B, T, start_pos + T]")
+    if mask.dim() != 3 or mask.shape[0] not in (1, B) or tuple(mask.shape[1:]) != (T, start + T):
+        raise ValueError(f"attention_mask must have shape [{B}, {T}, {start + T}], got {tuple(mask.shape)}")
+    if not bool(mask.any(dim=-1).all()):
+        raise ValueError("attention_mask leaves a query with no key to attend to; every row needs one True")
+    return mask
 
 
 def _causal_mask(start: int, T: int, device: torch.device) -> torch.Tensor | str | None:

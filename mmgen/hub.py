@@ -48,6 +48,12 @@ HUB_DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "force_download", "loca
 MODEL_FILE_PATTERNS = (CONFIG_NAME, "*.safetensors", "*.safetensors.index.json")
 PIPELINE_FILE_PATTERNS = ("model_index.json", CARD_NAME, f"*/{CONFIG_NAME}", "*/*.safetensors", "*/*.safetensors.index.json")
 DEFAULT_COMMIT_MESSAGE = "Upload mmgen model"
+SHIM_MODULE = "mmgen_pipeline"  # the one-line module a saved pipeline carries for diffusers' generic loader
+SHIM_SOURCE = (
+    '"""Written by mmgen: lets diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)\n'
+    'find the pipeline class. It only imports mmgen\'s installed pipelines."""\n'
+    "from pipelines import *  # noqa: F401,F403\n"
+)
 CARD_FIELDS = ("title", "config", "data", "training", "metrics", "usage", "reproduce", "summary", "tags", "license")
 
 
@@ -189,8 +195,6 @@ def resolve_pipeline_path(name_or_path: str | os.PathLike, kwargs: dict[str, Any
     The snapshot holds model_index.json, mmgen's pipeline shim, the model card and each component's
     config and safetensors, so the pipeline's trust check reads the downloaded shim from disk.
     """
-    from pipelines.base import SHIM_MODULE
-
     patterns = (*PIPELINE_FILE_PATTERNS, f"{SHIM_MODULE}.py")
     return resolve_pretrained_path(name_or_path, allow_patterns=patterns, **pop_hub_kwargs(kwargs))
 

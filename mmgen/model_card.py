@@ -22,6 +22,7 @@ __all__ = ["CARD_NAME", "PACKAGE_LICENSE", "loading_code", "render_model_card", 
 
 CARD_NAME = "README.md"
 BASE_TAGS = ("mmgen", "autoregressive", "image-generation")
+BULKY_CONFIG_KEYS = ("tokenizer_json",)  # a TextEncoderConditioner's whole tokenizer: config.json keeps it, the card names it
 HUB_LICENSE_IDS = {"apache-2.0": "apache-2.0", "apache 2.0": "apache-2.0", "apache license 2.0": "apache-2.0"}
 
 
@@ -100,7 +101,7 @@ def render_model_card(
         f"# {title.strip()}\n",
         _what_it_is(config, summary),
         "## How to load\n\n" + _code_block("python", usage),
-        "## Config\n\n" + _code_block("yaml", _yaml(_plain(config, "config"))),
+        _config_section(config),
         _training_section(data, training),
         "## Measured metrics\n\n" + _metrics_table(metrics),
     ]
@@ -131,6 +132,16 @@ def _what_it_is(config: Mapping[str, Any], summary: str | None) -> str:
     if summary is not None:
         _require_text("summary", summary)
         text += f"\n{summary.strip()}\n"
+    return text
+
+
+def _config_section(config: Mapping[str, Any]) -> str:
+    """The config as YAML, without the values too long to read (:data:`BULKY_CONFIG_KEYS`), which are named instead."""
+    shown = {k: v for k, v in config.items() if k not in BULKY_CONFIG_KEYS}
+    text = "## Config\n\n" + _code_block("yaml", _yaml(_plain(shown, "config")))
+    for key in (k for k in BULKY_CONFIG_KEYS if k in config):
+        size = f" ({len(config[key]):,} characters)" if isinstance(config[key], str) else ""
+        text += f"\n`{key}`{size} is left out here; the config.json beside the weights holds it.\n"
     return text
 
 

@@ -3,7 +3,7 @@
 The head dimension's ``head_dim / 2`` frequency pairs are split between the coordinate axes; each
 axis rotates its pairs by ``coord[axis] * inv_freq``. With one axis this is exactly the rotary
 embedding of transformers' Llama (same ``inv_freq``, same half-split ``rotate_half`` pairing), which
-is what lets :meth:`mmgen.GPT.from_transformers_llama` reproduce Llama's logits.
+is what lets :func:`mmgen.convert.gpt_from_llama` reproduce Llama's logits.
 """
 
 from __future__ import annotations

@@ -269,23 +269,31 @@ class TokenLayout:
             self.content,
         )
 
-    def with_prefix(self, length: int) -> "TokenLayout":
-        """Prepend ``length`` conditioning positions (class id, text bytes) as group 0, shifting groups by 1.
+    def with_prefix(self, length: int, *, valid: torch.Tensor | None = None) -> "TokenLayout":
+        """Prepend ``length`` conditioning positions (class id, text tokens) as group 0, shifting groups by 1.
 
         Prefix coordinates run ``-length .. -1`` on every axis: ordered among themselves, and
-        distinct from the body's non-negative coordinates.
+        distinct from the body's non-negative coordinates. ``valid`` (bool ``[B, length]``) marks
+        padded prefix positions (a short prompt) so attention skips them; all valid by default.
         """
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"length must be an int >= 0, got {length!r}")
         if length == 0:
             return self
         B, _, C = self.coords.shape
         device = self.coords.device
+        if valid is None:
+            valid = torch.ones(B, length, dtype=torch.bool, device=device)
+        elif not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.dim() != 2 or valid.shape[1] != length:
+            got = tuple(valid.shape) if isinstance(valid, torch.Tensor) else type(valid).__name__
+            raise ValueError(f"valid must be a bool tensor [B, {length}] (the prefix's padding mask), got {got}")
+        rows = max(B, valid.shape[0])
+        body = self if B == rows else self.expand(rows)
         prefix_coords = torch.arange(-length, 0, dtype=torch.float32, device=device).view(1, length, 1)
         return TokenLayout(
-            coords=torch.cat([prefix_coords.expand(B, length, C), self.coords], dim=1),
-            groups=torch.cat([torch.zeros(B, length, dtype=torch.long, device=device), self.groups + 1], dim=1),
-            valid=torch.cat([torch.ones(B, length, dtype=torch.bool, device=device), self.valid], dim=1),
+            coords=torch.cat([prefix_coords.expand(rows, length, C), body.coords], dim=1),
+            groups=torch.cat([torch.zeros(rows, length, dtype=torch.long, device=device), body.groups + 1], dim=1),
+            valid=torch.cat([valid.to(device).expand(rows, length), body.valid], dim=1),
             content=self.content,
         )
 

@@ -28,6 +28,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ
 
 from mmgen.hub import PretrainedModel
+from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
@@ -182,6 +183,20 @@ class FlexImageTokenizer(PretrainedModel):
         """The tokens of one image: a causal 1D sequence of ``num_tokens`` (default N) single-codebook ids."""
         k = self._check_num_tokens(num_tokens)
         return TokenLayout.sequence(k, content=DiscreteContent((self.codebook_size,)))
+
+    # ---- tokenizer protocol (mmgen.protocol) ---------------------------------------------------
+    modality = "image"
+
+    def token_spec(self) -> TokenSpec:
+        """A 1D sequence of N ids, coarse to fine: any prefix decodes."""
+        return TokenSpec(content=DiscreteContent((self.codebook_size,)), shape=(self.max_tokens,), prefix_decodable=True)
+
+    def to_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, k]`` are already position-major."""
+        return ids
+
+    def from_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions
 
     # ---- encode / decode ---------------------------------------------------------------------
     def encode(self, images: torch.Tensor, *, num_tokens: int | None = None) -> torch.Tensor:

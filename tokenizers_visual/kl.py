@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from mmgen.hub import PretrainedModel
+from mmgen.protocol import TokenSpec
 from mmgen.tokens import ContinuousContent, DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
@@ -97,6 +98,22 @@ class KLImageTokenizer(LatentGridMixin, PretrainedModel):
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid of continuous ``latent_dim`` vectors (position (y, x) is ``latents[:, :, y, x]``)."""
         return TokenLayout.grid(self.grid_shape(image_size), content=ContinuousContent(self.cfg.latent_dim))
+
+    # ---- tokenizer protocol (mmgen.protocol) ---------------------------------------------------
+    modality = "image"
+
+    def token_spec(self) -> TokenSpec:
+        """An ``h × w`` grid of continuous ``latent_dim`` vectors."""
+        return TokenSpec(content=ContinuousContent(self.cfg.latent_dim), shape=self.grid_shape())
+
+    def to_positions(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` → position-major ``[B, h, w, C]``."""
+        self._check_latents(latents)
+        return latents.permute(0, 2, 3, 1)
+
+    def from_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, h, w, C]`` → the latents ``[B, C, h, w]`` that :meth:`decode` takes."""
+        return positions.permute(0, 3, 1, 2)
 
     def ptq_layout(self, image_size: int | None = None) -> TokenLayout:
         """Grid layout of the quantised ids: each position holds ``latent_dim`` ids of ``ptq_levels`` values."""

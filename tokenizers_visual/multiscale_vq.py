@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgen.hub import PretrainedModel
+from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
@@ -483,6 +484,34 @@ class MultiScaleVQTokenizer(PretrainedModel):
         if codes_BChw.dim() != 4 or tuple(codes_BChw.shape[1:]) != (self.cfg.codebook_dim, pn, pn):
             raise ValueError(f"codes of scale {scale_index} must have shape [B, {self.cfg.codebook_dim}, {pn}, {pn}], got {tuple(codes_BChw.shape)}")
         return self.quantizer.next_scale_input(scale_index=scale_index, f_hat_BChw=f_hat, codes_BChw=codes_BChw)
+
+    # ---- tokenizer protocol (mmgen.protocol), with ScaleContext for next-scale generation ------------
+    modality = "image"
+
+    def token_spec(self) -> TokenSpec:
+        """A pyramid of ``pn × pn`` id maps, coarse to fine, one shared codebook."""
+        return TokenSpec(content=DiscreteContent((self.cfg.codebook_size,)), scales=tuple((pn, pn) for pn in self.cfg.patch_nums))
+
+    def to_positions(self, ids: ScaleIds) -> list[torch.Tensor]:
+        """Ids (per-scale list or flat) → the ``[B, pn, pn]`` map of every scale."""
+        return self._scale_ids(ids)
+
+    def from_positions(self, positions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self._scale_ids(list(positions))
+
+    @property
+    def context_dim(self) -> int:
+        """Channels of the next-scale inputs (codebook space)."""
+        return self.cfg.codebook_dim
+
+    def teacher_context(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        return self.ids_to_next_scale_inputs(ids_BL)
+
+    def context_step(self, state: torch.Tensor | None, scale_index: int,
+                     ids_Bn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``state`` is the running ``f_hat`` (None before scale 0); returns it updated and scale k+1's inputs."""
+        codes_BChw = self.ids_to_codes(ids_Bn, scale_index=scale_index)
+        return self.next_scale_input(scale_index=scale_index, f_hat=state, codes_BChw=codes_BChw)
 
     # ---- training ------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, MultiScaleQuantOutput]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgen.hub import PretrainedModel
+from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
@@ -228,6 +229,20 @@ class VQImageTokenizer(LatentGridMixin, PretrainedModel):
     def layout(self, image_size: int | None = None) -> TokenLayout:
         """Raster-order grid layout of one image's ids (row-major, matching ``ids.reshape(B, -1)``)."""
         return TokenLayout.grid(self.grid_shape(image_size), content=DiscreteContent((self.cfg.codebook_size,)))
+
+    # ---- tokenizer protocol (mmgen.protocol) ---------------------------------------------------
+    modality = "image"
+
+    def token_spec(self) -> TokenSpec:
+        """An ``h × w`` grid of ids from one codebook."""
+        return TokenSpec(content=DiscreteContent((self.cfg.codebook_size,)), shape=self.grid_shape())
+
+    def to_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, h, w]`` are already position-major."""
+        return ids
+
+    def from_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, size_multiple=self.cfg.downsample)

@@ -17,7 +17,8 @@ class SamplingConfig:
 
     ``guidance_scale`` is the constant scale, or the scale reached at the end of a
     ``"linear"`` / ``"power_cosine"`` ramp; ``guidance_interval`` limits guidance to a part of
-    the steps (see :class:`mmgen.sampling.guidance.GuidanceSchedule`).
+    the steps (see :class:`mmgen.sampling.guidance.GuidanceSchedule`). ``num_flow_steps`` is the
+    number of Euler steps of a flow head (None: the head's default).
     """
 
     temperature: float = 1.0
@@ -29,6 +30,7 @@ class SamplingConfig:
     guidance_power: float = 1.0
     guidance_interval: tuple[float, float] | None = None
     backend: Backend = "auto"
+    num_flow_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_params(
@@ -44,6 +46,9 @@ class SamplingConfig:
         )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        steps = self.num_flow_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"num_flow_steps must be None (the head's default) or a positive int, got {steps!r}")
         _ = self.guidance  # building the schedule checks the guidance_* fields
 
     @property

@@ -1,0 +1,270 @@
+"""The one generation loop every pipeline runs, and its training twin.
+
+A paradigm is a :class:`Program`: it says which slots come next (their inputs, coordinates and, per
+row, whether they exist) and records what was drawn for them. The engine owns everything else:
+
+- the GPT's KV cache and a growing token layout (prefix = group 0, then one group per step), so a
+  row's next group may depend on what it drew (octrees) and rows may differ in length or stop early
+  (their missing slots are padding, masked out of attention);
+- classifier-free guidance (the batch doubled: conditional rows, then null rows; the conditioner
+  builds both) with a :class:`~mmgen.sampling.GuidanceSchedule` over the steps;
+- prefill of known tokens (continuation, image-to-video, an audio prompt) in one forward;
+- per-sample seeds: slot j of sample b draws with seed ``seeds_B[b] + j`` (its own count of slots),
+  so a sample does not depend on its batch;
+- :meth:`Decoder.rollback` and an attention-mask override, the two primitives speculative and tree
+  decoding are built from;
+- ``callback(step, tokens)`` after each draw; a tensor it returns replaces the drawn tokens
+  (diffusers' ``callback_on_step_end`` convention).
+
+Training uses the same layout: :func:`teacher_hidden` runs one forward over prefix + all slots,
+which is why greedy generation equals the argmax of a teacher-forced forward (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .conditioning import Conditioning
+from .gpt import GPT
+from .heads import Head
+from .sampling import GuidanceSchedule, SamplingConfig
+from .tokens import TokenLayout
+
+__all__ = ["GroupRequest", "Program", "Decoder", "generate", "teacher_hidden", "draw_seeds", "SEED_HIGH"]
+
+SEED_HIGH = 2**62  # per-sample seeds are drawn in [0, SEED_HIGH); slot j adds j
+
+
+@dataclass
+class GroupRequest:
+    """The next group's slots: ``inputs_BnD`` embeddings, ``coords_BnC`` coordinates, ``valid_Bn`` which exist per row.
+
+    ``n`` is the largest group over the rows; a row with fewer slots (or a stopped row, with none)
+    marks the rest invalid. ``shared``: every row has these same slots (equal coordinates, all valid),
+    which lets the engine keep one layout row for the whole batch (a broadcast attention mask).
+    """
+
+    inputs_BnD: torch.Tensor
+    coords_BnC: torch.Tensor
+    valid_Bn: torch.Tensor
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        B, n = self.valid_Bn.shape
+        if self.inputs_BnD.shape[:2] != (B, n) or self.coords_BnC.shape[:2] != (B, n):
+            raise ValueError(
+                f"a group's inputs {tuple(self.inputs_BnD.shape)}, coords {tuple(self.coords_BnC.shape)} and "
+                f"valid {tuple(self.valid_Bn.shape)} must agree on [B, n]"
+            )
+        if self.valid_Bn.dtype != torch.bool:
+            raise TypeError(f"valid_Bn must be a bool tensor, got {self.valid_Bn.dtype}")
+
+    @property
+    def size(self) -> int:
+        return self.valid_Bn.shape[1]
+
+
+class Program(Protocol):
+    """A paradigm's side of the loop (see module docstring). ``state`` is the program's own."""
+
+    num_steps: int  # groups of a full sample (an upper bound for variable-length programs); guidance schedules run over it
+
+    def start(self, batch_size: int, device: torch.device) -> Any: ...
+
+    def next_group(self, state: Any) -> GroupRequest | None:
+        """The next group's slots, or None once every row has stopped."""
+        ...
+
+    def accept(self, state: Any, tokens: torch.Tensor, valid_Bn: torch.Tensor) -> Any:
+        """Record a group's drawn (or prefilled) tokens; returns the new state."""
+        ...
+
+    def result(self, state: Any) -> Any: ...
+
+
+def draw_seeds(generator: torch.Generator | list[torch.Generator] | None, batch_size: int) -> torch.Tensor:
+    """One int64 seed per sample: from its own generator (a list, diffusers-style), or drawn in order from one."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)}, but {batch_size} samples are generated; pass one per sample")
+        return torch.cat([torch.randint(0, SEED_HIGH, (1,), generator=g, device=g.device).cpu() for g in generator])
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+    device = "cpu" if generator is None else generator.device
+    return torch.randint(0, SEED_HIGH, (batch_size,), generator=generator, device=device).cpu()
+
+
+class Decoder:
+    """The KV cache and the growing layout of one generation: append slots, forward, roll back.
+
+    Positions ``[0, P)`` are the conditioning prefix (group 0); each :meth:`forward` appends one or
+    more groups. Rows are the GPT's rows (2B under guidance); requests carry B rows and are doubled here.
+    """
+
+    def __init__(self, gpt: GPT, cond: Conditioning, *, capacity: int) -> None:
+        R, P, _ = cond.prefix_RPD.shape
+        total = P + capacity
+        if total > gpt.cfg.max_seq_len:
+            raise ValueError(f"the prefix ({P}) plus up to {capacity} generated positions exceed the GPT's max_seq_len={gpt.cfg.max_seq_len}")
+        self.gpt, self.cond, self.rows = gpt, cond, R
+        device = gpt.device
+        C = gpt.cfg.coord_rank
+        self.shared = bool(cond.prefix_valid_RP.all())  # one layout row serves every row until a request differs
+        rows = 1 if self.shared else R
+        coords = torch.zeros(rows, total, C, device=device)
+        coords[:, :P] = torch.arange(-P, 0, dtype=torch.float32, device=device).view(1, P, 1)
+        groups = torch.zeros(rows, total, dtype=torch.long, device=device)
+        valid = torch.zeros(rows, total, dtype=torch.bool, device=device)
+        valid[:, :P] = cond.prefix_valid_RP[:rows].to(device)
+        self.layout = TokenLayout(coords, groups, valid)
+        self.length = 0  # positions written to the cache
+        self.num_groups = 1  # the prefix is group 0
+        gpt.setup_cache(R, total)
+
+    def close(self) -> None:
+        self.gpt.clear_cache()
+
+    def _place(self, request: GroupRequest, start: int, group: int) -> None:
+        if self.shared and not request.shared:  # rows part ways from here on: one layout row each
+            lay = self.layout
+            self.layout = TokenLayout(lay.coords.repeat(self.rows, 1, 1), lay.groups.repeat(self.rows, 1), lay.valid.repeat(self.rows, 1))
+            self.shared = False
+        end = start + request.size
+        coords, valid = request.coords_BnC.float(), request.valid_Bn
+        if self.shared:
+            coords, valid = coords[:1], valid[:1]
+        else:
+            repeat = self.rows // valid.shape[0]
+            coords, valid = coords.repeat(repeat, 1, 1), valid.repeat(repeat, 1)
+        self.layout.coords[:, start:end] = coords.to(self.layout.coords.device)
+        self.layout.groups[:, start:end] = group
+        self.layout.valid[:, start:end] = valid.to(self.layout.valid.device)
+
+    def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``requests`` (one group each) and return the hidden states ``[R, n_last, dim]`` of the last one."""
+        P = self.cond.num_prefix
+        start = P if self.length == 0 else self.length
+        size = sum(request.size for request in requests)
+        if start + size > self.layout.seq_len:
+            raise ValueError(f"{size} more slots exceed the decoder's capacity: {self.layout.seq_len - start} of "
+                             f"{self.layout.seq_len - P} positions are left (pass a larger capacity)")
+        pieces, pos = [], start
+        for request in requests:
+            self._place(request, pos, self.num_groups)
+            self.num_groups += 1
+            pos += request.size
+            x = request.inputs_BnD
+            pieces.append(x.repeat(self.rows // x.shape[0], 1, 1))
+        x = torch.cat(pieces, dim=1)
+        if self.length == 0:
+            x = torch.cat([self.cond.prefix_RPD.to(x.dtype), x], dim=1)
+            start = 0
+        hidden = self.gpt.hidden_states(x, layout=self.layout, start_pos=start, condition=self.cond.adaln_RA,
+                                        attention_mask=attention_mask)
+        self.length = pos
+        return hidden[:, -requests[-1].size:]
+
+    def rollback(self, num_positions: int) -> None:
+        """Forget the last ``num_positions`` generated positions: cache and layout exactly as before they were added."""
+        P = self.cond.num_prefix
+        generated = max(self.length - P, 0)
+        if isinstance(num_positions, bool) or not isinstance(num_positions, int) or not 0 <= num_positions <= generated:
+            raise ValueError(f"num_positions must be an int in 0..{generated} (the generated positions), got {num_positions!r}")
+        if num_positions == 0:  # nothing to forget; before the first forward the layout's prefix must stay as it is
+            return
+        keep = self.length - num_positions
+        self.gpt.rollback_cache(keep)
+        self.layout.coords[:, keep:] = 0
+        self.layout.groups[:, keep:] = 0
+        self.layout.valid[:, keep:] = False
+        self.length = keep
+        self.num_groups = int(self.layout.groups[:, :keep].max()) + 1 if keep > P else 1
+
+
+def generate(
+    gpt: GPT,
+    head: Head,
+    program: Program,
+    cond: Conditioning,
+    *,
+    sampling: SamplingConfig,
+    seeds_B: torch.Tensor,
+    capacity: int,
+    prefill: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> Any:
+    """Run ``program`` to the end; returns ``program.result(state)``.
+
+    ``prefill``: known tokens ``[B, m, ...]`` covering the program's first groups exactly (their slots
+    are fed in one forward with the first generated group). ``capacity``: the most slots a row can
+    take. ``callback(step, tokens)`` may return replacement tokens for that step.
+    """
+    B = cond.batch_size
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be an mmgen.SamplingConfig, got {type(sampling).__name__}")
+    if seeds_B.shape != (B,):
+        raise ValueError(f"seeds_B must have shape [{B}] (one seed per sample), got {tuple(seeds_B.shape)}")
+    guidance: GuidanceSchedule = sampling.guidance
+    device = gpt.device
+    state = program.start(B, device)
+    seeds_B = seeds_B.to(device)
+    slots_B = torch.zeros(B, dtype=torch.long, device=device)
+    pending: list[GroupRequest] = []
+    step = 0
+    if prefill is not None:
+        state, pending, slots_B, step = _prefill(program, state, prefill, slots_B)
+    decoder = Decoder(gpt, cond, capacity=capacity)
+    try:
+        while (request := program.next_group(state)) is not None:
+            hidden = decoder.forward(pending + [request])
+            pending = []
+            valid_Bn = request.valid_Bn.to(device)
+            seeds_Bn = seeds_B.view(B, 1) + slots_B.view(B, 1) + valid_Bn.long().cumsum(1) - 1
+            scale = guidance.scale_at(step, program.num_steps) if cond.guided else 1.0
+            tokens = head.sample(hidden, sampling=sampling, guidance_scale=scale, seeds_Bn=seeds_Bn)
+            if callback is not None:
+                replaced = callback(step, tokens)
+                tokens = tokens if replaced is None else replaced
+            state = program.accept(state, tokens, request.valid_Bn)
+            slots_B += valid_Bn.sum(1)
+            step += 1
+            if progress is not None:
+                progress()
+    finally:
+        decoder.close()
+    return program.result(state)
+
+
+def _prefill(program: Program, state: Any, prefill: torch.Tensor, slots_B: torch.Tensor) -> tuple[Any, list[GroupRequest], torch.Tensor, int]:
+    """Feed the known groups of ``prefill`` to the program without drawing; their slots wait for the first forward."""
+    if not isinstance(prefill, torch.Tensor) or prefill.dim() < 2 or prefill.shape[0] != slots_B.shape[0]:
+        got = tuple(prefill.shape) if isinstance(prefill, torch.Tensor) else type(prefill).__name__
+        raise ValueError(f"prefill must be a tensor [B={slots_B.shape[0]}, m, ...] of known tokens, got {got}")
+    pending, offset, step = [], 0, 0
+    while offset < prefill.shape[1]:
+        request = program.next_group(state)
+        if request is None or offset + request.size > prefill.shape[1] or not bool(request.valid_Bn.all()):
+            raise ValueError(
+                f"prefill holds {prefill.shape[1]} positions, which must cover whole groups of the program "
+                f"(the group at position {offset} has {None if request is None else request.size})"
+            )
+        tokens = prefill[:, offset : offset + request.size]
+        state = program.accept(state, tokens, request.valid_Bn)
+        pending.append(request)
+        slots_B = slots_B + request.size
+        offset += request.size
+        step += 1
+    return state, pending, slots_B, step
+
+
+def teacher_hidden(gpt: GPT, cond: Conditioning, inputs_BLD: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Training: one forward over ``[prefix | slots]`` with the body ``layout``; returns the slots' hidden states ``[B, L, dim]``."""
+    P = cond.num_prefix
+    valid = None if bool(cond.prefix_valid_RP.all()) else cond.prefix_valid_RP  # all valid: one broadcast mask row
+    full = layout.with_prefix(P, valid=valid).to(inputs_BLD.device)
+    x = torch.cat([cond.prefix_RPD.to(inputs_BLD.dtype), inputs_BLD], dim=1)
+    return gpt.hidden_states(x, layout=full, condition=cond.adaln_RA)[:, P:]
