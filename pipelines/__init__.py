@@ -1,9 +1,10 @@
-"""diffusers-style pipelines: next-token, next-scale and next-X generation on the shared GPT."""
+"""diffusers-style pipelines: next-token, next-scale and next-X generation on the shared GPT, for any modality."""
 
-from .base import ARImagePipeline, ARImagePipelineOutput
+from .base import ARPipeline
 from .evaluate import shapes_adherence
 from .next_scale import NextScalePipeline
 from .next_token import NextTokenPipeline
 from .next_x import NextXPipeline
+from .outputs import ARImagePipelineOutput
 
-__all__ = ["ARImagePipeline", "ARImagePipelineOutput", "NextTokenPipeline", "NextScalePipeline", "NextXPipeline", "shapes_adherence"]
+__all__ = ["ARPipeline", "ARImagePipelineOutput", "NextTokenPipeline", "NextScalePipeline", "NextXPipeline", "shapes_adherence"]

@@ -1,9 +1,13 @@
-"""LlamaGen-style next-token generation: one token per step over a 2D id grid or a 1D flexible sequence.
+"""LlamaGen-style next-token generation: one position per step, in raster order over any token grid.
 
-With a :class:`~tokenizers_visual.VQImageTokenizer` the tokens are its ``h × w`` grid in raster order
-(2D RoPE from the grid coordinates); with a :class:`~tokenizers_visual.FlexImageTokenizer` they are its
-1D register tokens, and ``num_tokens=k`` stops after k of them (any prefix decodes, coarse to fine).
-Slot j holds the embedding of token j − 1 (slot 0 the start embedding) and predicts token j.
+The tokens are the tokenizer's grid (``(h, w)`` image ids, a 1D sequence, ``(T,)`` audio frames…)
+in raster order, with the grid index as RoPE coordinates. Slot j holds the embedding of token j − 1
+(slot 0 the start embedding) and predicts token j. A tokenizer whose 1D sequence decodes from any
+prefix (FlexTok) lets ``num_tokens=k`` stop after k tokens. Positions holding several codebooks (RVQ
+audio) are ordered by ``codebook_pattern``: ``"delay"`` (MusicGen, one step per frame with codebook
+k delayed by k; the GPT's input tables are one id larger, for the empty id, the head's are not), ``"flatten"`` (one
+step per codebook entry) or ``"parallel"`` (all codebooks of a frame in one step: a depth head or
+independent per-codebook logits).
 """
 
 from __future__ import annotations
@@ -12,95 +16,77 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
-from mmgen.sampling import GuidanceSchedule
-from mmgen.tokens import DiscreteContent, TokenLayout
-from tokenizers_visual import FlexImageTokenizer, VQImageTokenizer
+from mmgen.heads import Head
+from mmgen.patterns import DelayCodebooks, FlattenCodebooks, Raster
+from mmgen.programs import PreviousGroupInputs
+from mmgen.protocol import TokenSpec, check_tokenizer
+from mmgen.sampling import GuidanceSchedule, SamplingConfig
+from mmgen.tokens import DiscreteContent
 
-from .base import ARImagePipeline, ARImagePipelineOutput
+from .base import ARPipeline, SequencePlan, sampling_options
 
-__all__ = ["NextTokenPipeline"]
+__all__ = ["NextTokenPipeline", "CODEBOOK_PATTERNS"]
+
+CODEBOOK_PATTERNS = ("delay", "flatten", "parallel")
 
 
-class NextTokenPipeline(ARImagePipeline):
+class NextTokenPipeline(ARPipeline):
     """Next-token prediction on the shared GPT (KV cache, CFG with a doubled batch).
 
     ``pipe(class_labels=[3, 7], guidance_scale=3.0, generator=torch.Generator().manual_seed(0))``
-    returns 2 images; ``output_type="tokens"`` skips decoding. ``class_names`` (e.g. the shapes
-    captions) let ``prompt`` select classes of a class-conditional GPT.
+    returns 2 samples; ``output_type="tokens"`` skips decoding. ``class_names`` (e.g. the shapes
+    captions) let ``prompt`` select classes of a class-conditional model.
     """
 
-    model_cpu_offload_seq = "gpt->tokenizer"
-
-    def __init__(self, gpt: GPT, tokenizer: VQImageTokenizer | FlexImageTokenizer,
-                 class_names: list[str] | None = None, null_condition_trained: bool = False) -> None:
+    def __init__(self, gpt: GPT, tokenizer: Any, head: Head, conditioner: Conditioner,
+                 class_names: list[str] | None = None, null_condition_trained: bool = False,
+                 codebook_pattern: str = "delay") -> None:
         super().__init__()
-        self._check_common(gpt, class_names)
-        if not isinstance(tokenizer, (VQImageTokenizer, FlexImageTokenizer)):
-            raise TypeError(f"tokenizer must be a VQImageTokenizer or a FlexImageTokenizer, got {type(tokenizer).__name__}")
-        if gpt.cfg.codebook_sizes != (tokenizer.codebook_size,):
-            raise ValueError(f"the GPT's vocabulary {gpt.cfg.codebook_sizes} does not match the tokenizer's codebook of {tokenizer.codebook_size}")
-        rank = 1 if isinstance(tokenizer, FlexImageTokenizer) else 2
-        if gpt.cfg.coord_rank != rank:
-            raise ValueError(f"{type(tokenizer).__name__} tokens have coordinate rank {rank}; the GPT has coord_rank={gpt.cfg.coord_rank}")
-        self.register_modules(gpt=gpt, tokenizer=tokenizer)
-        self.register_to_config(class_names=class_names, null_condition_trained=null_condition_trained)
+        if codebook_pattern not in CODEBOOK_PATTERNS:
+            raise ValueError(f"codebook_pattern must be one of {CODEBOOK_PATTERNS}, got {codebook_pattern!r}")
+        self._register(gpt=gpt, tokenizer=tokenizer, head=head, conditioner=conditioner, class_names=class_names,
+                       null_condition_trained=null_condition_trained, codebook_pattern=codebook_pattern)
 
-    @property
-    def is_flexible(self) -> bool:
-        return isinstance(self.tokenizer, FlexImageTokenizer)
+    @classmethod
+    def plan(cls, tokenizer: Any, *, codebook_pattern: str = "delay", num_tokens: int | None = None) -> SequencePlan:
+        spec = check_tokenizer(tokenizer)
+        if spec.is_pyramid:
+            raise ValueError("NextTokenPipeline needs a tokenizer with one token grid; a multi-scale pyramid goes to NextScalePipeline")
+        shape = spec.shape if num_tokens is None else (_check_num_tokens(spec, num_tokens),)
+        content = spec.content
+        if not isinstance(content, DiscreteContent) or content.num_codebooks == 1:
+            return SequencePlan(Raster(shape), content)
+        if len(shape) != 1:
+            raise ValueError(f"several codebooks per position need a 1D token grid (frames), got shape {shape}")
+        sizes = content.codebook_sizes
+        if codebook_pattern == "parallel":
+            return SequencePlan(Raster(shape), content)
+        if len(set(sizes)) != 1:
+            raise ValueError(f"the {codebook_pattern} pattern needs codebooks of one size, got {sizes}")
+        if codebook_pattern == "delay":
+            return SequencePlan(DelayCodebooks(shape[0], len(sizes), empty_id=sizes[0]), content,
+                                input_content=DiscreteContent(tuple(v + 1 for v in sizes)))
+        return SequencePlan(FlattenCodebooks(shape[0], len(sizes)), DiscreteContent((sizes[0],)))
+
+    def plan_options(self) -> dict[str, Any]:
+        return {"codebook_pattern": self.config.codebook_pattern}
 
     @property
     def max_tokens(self) -> int:
-        return self.tokenizer.max_tokens if self.is_flexible else self.tokenizer.layout().seq_len
+        """Positions of a full sample."""
+        return self.tokenizer.token_spec().num_positions
 
-    def body_layout(self, *, num_tokens: int | None = None) -> TokenLayout:
-        content = DiscreteContent((self.tokenizer.codebook_size,))
-        if self.is_flexible:
-            return TokenLayout.sequence(self.max_tokens if num_tokens is None else num_tokens, content=content)
-        if num_tokens is not None:
-            raise ValueError("num_tokens is for flexible-length tokenizers; a VQ grid is always generated whole")
-        return TokenLayout.grid(self.tokenizer.grid_shape(), content=content)
+    def input_rule(self) -> PreviousGroupInputs:
+        return PreviousGroupInputs(gpt=self.gpt, head=self.head)
 
-    def _check_num_tokens(self, num_tokens: int | None) -> None:
-        if num_tokens is None or not self.is_flexible:
-            return
-        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or not 1 <= num_tokens <= self.max_tokens:
-            raise ValueError(f"num_tokens must be an int in 1..{self.max_tokens} (the tokenizer's N), got {num_tokens!r}")
-
-    # ---- generation hooks ------------------------------------------------------------------------
-    def group_inputs(self, group: int, state: list[Any], batch_size: int) -> torch.Tensor:
-        if group == 0:
-            return self.gpt.start_inputs(batch_size, 1)
-        return self.gpt.embed_tokens(state[-1])
-
-    def draw_group(self, group: int, hidden_RnD: torch.Tensor, *, state: list[Any], guidance: float,
-                   seeds_B: torch.Tensor, slot_offset: int, options: dict[str, Any]) -> torch.Tensor:
-        return self.sample_ids(self.gpt.logits(hidden_RnD), guidance=guidance, seeds_B=seeds_B,
-                               slot_offset=slot_offset, options=options)
-
-    def finish(self, state: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids_BL = torch.cat(state, dim=1)
-        if self.is_flexible:
-            return ids_BL, self.tokenizer.decode(ids_BL)
-        ids_Bhw = ids_BL.view(ids_BL.shape[0], *self.tokenizer.grid_shape())
-        return ids_Bhw, self.tokenizer.decode(ids_Bhw)
-
-    # ---- training ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in [-1, 1] → the ids the GPT learns: ``[B, L]`` in generation order."""
-        return self.tokenizer.encode(images).flatten(1)
-
-    def teacher_inputs(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        ids_BL = tokens.flatten(1)
-        if ids_BL.shape[1] != self.max_tokens:
-            raise ValueError(f"tokens must hold {self.max_tokens} ids per image, got {ids_BL.shape[1]}")
-        start = self.gpt.start_inputs(ids_BL.shape[0], 1)
-        return torch.cat([start, self.gpt.embed_tokens(ids_BL[:, :-1])], dim=1), ids_BL
-
-    def body_loss(self, hidden_BLD: torch.Tensor, targets: torch.Tensor, *, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.categorical_loss(hidden_BLD, targets)
+    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The delay pattern's empty entries are fixed, not learned."""
+        entry_valid = getattr(self.pattern(), "entry_valid", None)
+        if entry_valid is None:
+            return None
+        return entry_valid.to(tokens.device).unsqueeze(0).expand(tokens.shape[0], -1, -1)
 
     # ---- call --------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -109,25 +95,37 @@ class NextTokenPipeline(ARImagePipeline):
         prompt: str | Sequence[str] | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         num_samples_per_prompt: int = 1,
-        guidance_scale: float | GuidanceSchedule = 1.0,
+        guidance_scale: float | GuidanceSchedule | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
         min_p: float = 0.0,
         num_tokens: int | None = None,
+        prefill: torch.Tensor | None = None,
+        sampling: SamplingConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
-    ) -> ARImagePipelineOutput | tuple:
-        """Generate images token by token; one step (and one callback) per token.
+    ) -> Any:
+        """Generate token by token; one step (and one callback) per position.
 
-        ``num_tokens`` (Flex tokenizers only): stop after k ≤ N tokens and decode that prefix.
-        ``guidance_scale`` is a number or a :class:`~mmgen.sampling.GuidanceSchedule` over the steps.
+        ``num_tokens`` (prefix-decodable tokenizers only): stop after k ≤ N tokens and decode that prefix.
+        ``prefill``: the first m tokens of every sample, known (``pipe.tokenize(x)[:, :m]``): generation
+        continues them. ``guidance_scale`` is a number or a :class:`~mmgen.sampling.GuidanceSchedule`;
+        ``sampling`` (a :class:`~mmgen.SamplingConfig`, e.g. with ``backend``) replaces the keywords.
         """
-        self._check_num_tokens(num_tokens)
+        options = {} if num_tokens is None else {"num_tokens": num_tokens}
         return self._run(prompt=prompt, class_labels=class_labels, num_samples_per_prompt=num_samples_per_prompt,
-                         guidance_scale=guidance_scale, generator=generator, output_type=output_type,
-                         return_dict=return_dict, callback_on_step_end=callback_on_step_end,
-                         layout_kwargs={"num_tokens": num_tokens},
-                         options={"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p})
+                         guidance_scale=guidance_scale,
+                         sampling=sampling_options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, sampling=sampling),
+                         generator=generator, output_type=output_type, return_dict=return_dict,
+                         callback_on_step_end=callback_on_step_end, prefill=prefill, options=options)
+
+
+def _check_num_tokens(spec: TokenSpec, num_tokens: int) -> int:
+    if not spec.prefix_decodable:
+        raise ValueError("num_tokens is for tokenizers whose 1D sequence decodes from any prefix; this grid is always generated whole")
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or not 1 <= num_tokens <= spec.num_positions:
+        raise ValueError(f"num_tokens must be an int in 1..{spec.num_positions} (the tokenizer's N), got {num_tokens!r}")
+    return num_tokens
