@@ -3,7 +3,7 @@
     python scripts/train_tokenizer.py --preset configs/tokenizers/vq-shapes32.yaml --steps 300 --batch-size 64 \\
         [--lr 2e-4] [--out DIR [--overwrite]] [--threads 1]
 
-The preset names the class (``class: VQImageTokenizer``, looked up in ``tokenizers_visual``); its other keys
+The preset names the class (``class: VQImageTokenizer``, looked up in the tokenizer packages); its other keys
 are fields of that class's config dataclass. The script relies only on the tokenizer interface:
 ``encode`` / ``decode`` / ``loss`` / ``save_pretrained``, ``codebook_size`` for discrete tokenizers, and a
 ``num_tokens`` keyword of ``encode`` for flexible-length ones (reported per prefix length k).
@@ -25,12 +25,12 @@ import torch
 import yaml
 
 from mmgen.data import PhotoCrops, ShapesDataset
-from mmgen.training.builders import build_tokenizer
-from mmgen.training.evaluation import reconstruction_metrics
+from mmgen.app.training.builders import build_tokenizer
+from mmgen.app.training.evaluation import reconstruction_metrics
 
 
 def build_from_preset(preset: Path) -> torch.nn.Module:
-    """The tokenizer a preset file describes: ``class`` from ``tokenizers_visual``, the other keys its config."""
+    """The tokenizer a preset file describes: ``class`` (a tokenizer class name), the other keys its config."""
     values = yaml.safe_load(preset.read_text())
     if not isinstance(values, dict) or "class" not in values:
         raise ValueError(f"{preset}: a preset is a YAML mapping with a 'class' key (e.g. class: VQImageTokenizer)")

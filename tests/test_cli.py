@@ -17,10 +17,13 @@ import PIL.Image
 import pytest
 import torch
 
-from mmgen import GPT, GPTConfig
-from mmgen.cli import main
+from safetensors.torch import load_file, save_file
+
+from mmgen.app.cli import main
+from mmgen.app.training.data import load_token_shards, save_token_shards
+from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import ShapesDataset, caption
-from mmgen.training.data import load_token_shards
+from mmgen.hub import WEIGHTS_NAME
 from pipelines import NextTokenPipeline
 from tokenizers_visual import KLConfig, KLImageTokenizer, VQConfig, VQImageTokenizer
 
@@ -28,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NUM_CLASSES = 21
 CLASS_NAMES = [caption(c) for c in range(NUM_CLASSES)]
-COMMANDS = ["demo", "train", "tokenize", "generate", "info"]
+COMMANDS = ["demo", "train", "tokenize", "generate", "info", "upgrade"]
+COMPONENTS = ("gpt", "tokenizer", "head", "conditioner")
 
 
 # ---- tiny saved components -----------------------------------------------------------------------------
@@ -40,10 +44,12 @@ def vq_tokenizer() -> VQImageTokenizer:
 
 def tiny_pipeline(tokenizer: VQImageTokenizer) -> NextTokenPipeline:
     torch.manual_seed(1)
-    gpt = GPT(GPTConfig(vocab_size=32, dim=32, n_layers=1, n_heads=2, coord_rank=2, num_classes=NUM_CLASSES,
-                        start_token=True, max_seq_len=17))
-    torch.nn.init.normal_(gpt.class_embedding.weight, std=1.0)
-    return NextTokenPipeline(gpt=gpt, tokenizer=tokenizer, class_names=CLASS_NAMES, null_condition_trained=True)
+    conditioner = ClassConditioner(ClassConditionerConfig(dim=32, num_classes=NUM_CLASSES))
+    torch.nn.init.normal_(conditioner.embedding.weight, std=1.0)
+    pipe = NextTokenPipeline.from_tokenizer(tokenizer, conditioner=conditioner, gpt={"dim": 32, "n_layers": 1, "n_heads": 2},
+                                            class_names=CLASS_NAMES, null_condition_trained=True)
+    assert pipe.gpt.cfg.max_seq_len == 17  # the class prefix and the 4x4 grid
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +62,11 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pipe.register_to_config(null_condition_trained=False)
     pipe.save_pretrained(str(root / "pipe_no_null"))
     tokenizer.save_pretrained(str(root / "tok"))
-    return {"pipe": root / "pipe", "pipe_no_null": root / "pipe_no_null", "tok": root / "tok",
-            "gpt_params": sum(p.numel() for p in pipe.gpt.parameters()),
-            "tok_params": sum(p.numel() for p in tokenizer.parameters())}
+    pipe.register_to_config(null_condition_trained=True)
+    pipe.to(torch.float16).save_pretrained(str(root / "pipe_half"))  # as the shipped checkpoints are stored
+    params = {f"{name}_params": sum(p.numel() for p in getattr(pipe, name).parameters()) for name in COMPONENTS}
+    return {"pipe": root / "pipe", "pipe_no_null": root / "pipe_no_null", "pipe_half": root / "pipe_half", "tok": root / "tok",
+            **params}
 
 
 def write_config(path: Path, tokenizer: Path, output_dir: Path, **extra: str) -> Path:
@@ -228,19 +236,23 @@ def test_info_pipeline_reports_classes_config_and_true_parameter_counts(saved, c
     info = info_json(saved["pipe"], capsys)
     assert info["kind"] == "pipeline" and info["class"] == "NextTokenPipeline"
     assert info["config"]["class_names"] == CLASS_NAMES and info["config"]["null_condition_trained"] is True
-    gpt, tok = info["components"]["gpt"], info["components"]["tokenizer"]
-    assert (gpt["class"], tok["class"]) == ("GPT", "VQImageTokenizer")
-    assert gpt["weights"]["parameters"] == saved["gpt_params"]
-    assert tok["weights"]["parameters"] == saved["tok_params"]
+    assert "upgrade" not in info
+    components = info["components"]
+    assert {name: c["class"] for name, c in components.items()} == {
+        "gpt": "GPT", "tokenizer": "VQImageTokenizer", "head": "CategoricalHead", "conditioner": "ClassConditioner"}
+    for name in COMPONENTS:
+        assert components[name]["weights"]["parameters"] == saved[f"{name}_params"], name
+        assert components[name]["weights"]["missing_parameters"] == []
+    gpt, tok = components["gpt"], components["tokenizer"]
     assert tok["weights"]["buffer_elements"] > 0  # the VQ usage statistics are counted apart from parameters
-    assert info["parameters"] == saved["gpt_params"] + saved["tok_params"]
+    assert info["parameters"] == sum(saved[f"{name}_params"] for name in COMPONENTS)
     assert gpt["weights"]["parameter_dtypes"] == ["float32"]
     weights_file = saved["pipe"] / "gpt" / "diffusion_pytorch_model.safetensors"
     assert {"name": weights_file.name, "kind": "safetensors", "bytes": weights_file.stat().st_size} in gpt["files"]
     assert main(["info", str(saved["pipe"])]) == 0
     text = capsys.readouterr().out
     assert "NextTokenPipeline" in text and "null_condition_trained: True" in text and "21 items" in text
-    assert f"{saved['gpt_params']:,} parameters" in text and f"{saved['tok_params']:,} parameters" in text
+    assert all(f"{saved[name + '_params']:,} parameters" in text for name in COMPONENTS)
 
 
 @pytest.mark.usefixtures("no_unpickling")
@@ -248,10 +260,10 @@ def test_info_model_folder(saved, capsys):
     info = info_json(saved["tok"], capsys)
     assert info["kind"] == "model" and info["class"] == "VQImageTokenizer"
     assert info["config"]["codebook_size"] == 32
-    assert info["weights"]["parameters"] == saved["tok_params"] and info["weights"]["missing_parameters"] == []
+    assert info["weights"]["parameters"] == saved["tokenizer_params"] and info["weights"]["missing_parameters"] == []
     assert main(["info", str(saved["tok"])]) == 0
     text = capsys.readouterr().out
-    assert "VQImageTokenizer" in text and f"{saved['tok_params']:,} parameters" in text and "codebook_size: 32" in text
+    assert "VQImageTokenizer" in text and f"{saved['tokenizer_params']:,} parameters" in text and "codebook_size: 32" in text
 
 
 def test_info_lists_pickle_files_without_loading_them(saved, tmp_path, capsys, monkeypatch):
@@ -269,7 +281,7 @@ def test_info_lists_pickle_files_without_loading_them(saved, tmp_path, capsys, m
     info = info_json(folder, capsys)
     assert {"name": "pytorch_model.bin", "kind": "pickle (not loaded)"}.items() <= next(
         f for f in info["files"] if f["name"] == "pytorch_model.bin").items()
-    assert info["weights"]["parameters"] == saved["tok_params"]
+    assert info["weights"]["parameters"] == saved["tokenizer_params"]
     assert main(["info", str(pickle_only)]) == 0
     text = capsys.readouterr().out
     assert "pytorch_model.bin: pickle (not loaded)" in text and "no safetensors weights" in text
@@ -285,7 +297,9 @@ def test_info_training_run_lists_checkpoints_and_eval(trained, saved, capsys):
     assert kinds["model.safetensors"] == "safetensors" and "pickle (not loaded)" in kinds.values()
     assert info["eval"]["steps"] == 2 and "adherence" in info["eval"]["eval"]
     assert info["last_metrics"]["step"] == 2
-    assert info["exported"]["pipeline"]["components"]["gpt"]["weights"]["parameters"] == info["eval"]["parameters"]
+    exported = info["exported"]["pipeline"]["components"]
+    trained_parts = ("gpt", "head", "conditioner")  # the tokenizer is frozen
+    assert sum(exported[name]["weights"]["parameters"] for name in trained_parts) == info["eval"]["parameters"]
     assert info["exported"]["tokens"]["index"]["num_items"] == 64
     assert main(["info", str(trained["run"])]) == 0
     text = capsys.readouterr().out
@@ -328,6 +342,12 @@ def test_train_checks_the_paradigm_the_shards_were_extracted_for(trained, saved,
                          data=f"{{dataset: shapes, image_size: 16, num_images: 64, tokens: {trained['tokens']}}}")
     assert main(["train", str(other)]) == 2
     assert "extracted for NextTokenPipeline" in capsys.readouterr().err
+    tokens, labels, meta = load_token_shards(trained["tokens"])
+    save_token_shards(tmp_path / "grid", tokens.view(-1, 4, 4), labels, shard_size=64, meta=meta)  # not this run's sequences
+    grid = write_config(tmp_path / "grid.yaml", saved["tok"], tmp_path / "run2",
+                        data=f"{{dataset: shapes, image_size: 16, num_images: 64, tokens: {tmp_path / 'grid'}}}")
+    assert main(["train", str(grid)]) == 2
+    assert "(4, 4); this run's NextTokenPipeline learns sequences of shape (16,)" in capsys.readouterr().err
 
 
 def test_tokenize_continuous_tokens_store_latent_statistics(tmp_path):
@@ -337,9 +357,9 @@ def test_tokenize_continuous_tokens_store_latent_statistics(tmp_path):
                           pipeline_args="{entity: cell, cell_size: 2, num_flow_steps: 2}", head="{width: 16, depth: 1}")
     assert main(["tokenize", str(config), "--device", "cpu"]) == 0
     tokens, _, meta = load_token_shards(tmp_path / "run" / "tokens")
-    assert tokens.shape == (64, 4, 4, 4) and tokens.is_floating_point()
+    assert tokens.shape == (64, 16, 4) and tokens.is_floating_point()  # the sequence: 4x4 latents, 2x2 cells, 4 channels
     assert len(meta["latent_mean"]) == len(meta["latent_std"]) == 4
-    per_channel = tokens.transpose(0, 1).reshape(4, -1)  # fitted on these very images: unit scale per channel
+    per_channel = tokens.reshape(-1, 4).T  # fitted on these very images: unit scale per channel
     assert torch.allclose(per_channel.mean(1), torch.zeros(4), atol=1e-4)
     assert torch.allclose(per_channel.std(1), torch.ones(4), atol=1e-3)
 
@@ -356,3 +376,89 @@ def test_tokenize_errors_exit_2(trained, saved, tmp_path, capsys):
     assert "optimm" in capsys.readouterr().err
     assert main(["tokenize", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- upgrade ---------------------------------------------------------------------------------------------
+def write_old_format(new: Path, old: Path) -> None:
+    """Rewrite a saved class-conditional NextTokenPipeline in the layout mmgen saved before the engine refactor.
+
+    Then the GPT held the class table and the output layer (``class_embedding``, ``heads.0``) and its config
+    ``num_classes`` / ``text_max_len`` / ``tie_embeddings``; there were no conditioner and head components
+    (compare checkpoints/shapes32/next-token of that release).
+    """
+    shutil.copytree(new, old, ignore=shutil.ignore_patterns("conditioner", "head"))
+    index = json.loads((old / "model_index.json").read_text())
+    for key in ("conditioner", "head", "codebook_pattern"):
+        del index[key]
+    (old / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    num_classes = json.loads((new / "conditioner" / "config.json").read_text())["num_classes"]
+    gpt_config = json.loads((old / "gpt" / "config.json").read_text())
+    (old / "gpt" / "config.json").write_text(json.dumps({**gpt_config, "num_classes": num_classes, "text_max_len": 0,
+                                                         "tie_embeddings": False}, indent=2, sort_keys=True))
+    weights = load_file(str(old / "gpt" / WEIGHTS_NAME))
+    weights["class_embedding.weight"] = load_file(str(new / "conditioner" / WEIGHTS_NAME))["embedding.weight"]
+    weights["heads.0.weight"] = load_file(str(new / "head" / WEIGHTS_NAME))["projections.0.weight"]
+    save_file(weights, str(old / "gpt" / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+@pytest.fixture(params=["pipe", "pipe_half"])
+def source(request, saved) -> Path:
+    """A saved new-format pipeline, in float32 or float16."""
+    return saved[request.param]
+
+
+@pytest.fixture
+def old_folder(source, tmp_path) -> Path:
+    write_old_format(source, tmp_path / "old")
+    return tmp_path / "old"
+
+
+def test_upgrade_converts_an_old_pipeline_that_generates_the_same_images(source, old_folder, tmp_path, capsys):
+    with pytest.raises(ValueError, match=f"mmgen upgrade {old_folder} NEW_FOLDER"):
+        NextTokenPipeline.from_pretrained(old_folder)
+    assert main(["generate", str(old_folder), "--out", str(tmp_path / "refused"), "--device", "cpu"]) == 2
+    assert "mmgen upgrade" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert "mmgen upgrade" in info_json(old_folder, capsys)["upgrade"]
+
+    new = tmp_path / "new"
+    assert main(["upgrade", str(old_folder), str(new)]) == 0
+    assert str(new) in capsys.readouterr().out
+    assert (old_folder / "model_index.json").is_file() and not (old_folder / "conditioner").exists()  # OLD left as it was
+    for name in COMPONENTS:  # the weights keep their dtype
+        want, got = load_file(str(source / name / WEIGHTS_NAME)), load_file(str(new / name / WEIGHTS_NAME))
+        assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in want.items()}, name
+    original, upgraded = NextTokenPipeline.from_pretrained(source), NextTokenPipeline.from_pretrained(new)
+    assert upgraded.config.class_names == CLASS_NAMES and upgraded.config.null_condition_trained is True
+    for name in COMPONENTS:
+        want, got = getattr(original, name).state_dict(), getattr(upgraded, name).state_dict()
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), name
+    for pipe in (original, upgraded):
+        pipe.set_progress_bar_config(disable=True)
+
+    def draw(pipe: NextTokenPipeline) -> tuple:
+        out = pipe(class_labels=[3, 3, 20], guidance_scale=2.0, output_type="pt",
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1, 2)])
+        return out.images, out.tokens
+
+    (images_a, tokens_a), (images_b, tokens_b) = draw(original), draw(upgraded)
+    assert torch.equal(tokens_a, tokens_b) and torch.equal(images_a, images_b)
+    assert not torch.equal(tokens_a[0], tokens_a[1])  # the seeds matter, so equal tokens are no accident
+
+
+@pytest.mark.parametrize("source", ["pipe"], indirect=True)
+def test_upgrade_refuses_to_overwrite_and_bad_input_exits_2(saved, old_folder, tmp_path, capsys):
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "keep.txt").write_text("mine")
+    assert main(["upgrade", str(old_folder), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert sorted(p.name for p in new.iterdir()) == ["keep.txt"]
+    assert main(["upgrade", str(old_folder), str(new), "--overwrite"]) == 0
+    assert not (new / "keep.txt").exists() and NextTokenPipeline.from_pretrained(new).config.class_names == CLASS_NAMES
+    capsys.readouterr()
+    for old in (saved["pipe"], tmp_path / "missing", saved["tok"]):  # already new, absent, not a pipeline
+        assert main(["upgrade", str(old), str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mmgen upgrade: error: ") and "old format" in err and err.count("\n") == 1
+    assert not (tmp_path / "other").exists()

@@ -7,19 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from mmgen import GPT, GPTConfig
-from mmgen.cli import main
+from mmgen.app.cli import main
+from mmgen.app.demo import DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
+from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import NUM_CLASSES, caption
-from mmgen.demo import DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
-from mmgen.flow_head import FlowHead, FlowHeadConfig
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_visual import KLConfig, KLImageTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, VQConfig, VQImageTokenizer
 
 NAMES = [caption(c) for c in range(NUM_CLASSES)]
 
 
-def _gpt(**fields) -> GPT:
-    return GPT(GPTConfig(dim=32, n_layers=1, n_heads=2, num_classes=NUM_CLASSES, start_token=True, max_seq_len=64, **fields))
+def _pipeline(cls: type, tokenizer: torch.nn.Module, **config) -> object:
+    """A tiny class-conditional pipeline over ``tokenizer`` with the shapes captions as class names."""
+    conditioner = ClassConditioner(ClassConditionerConfig(dim=32, num_classes=NUM_CLASSES))
+    return cls.from_tokenizer(tokenizer, conditioner=conditioner, gpt={"dim": 32, "n_layers": 1, "n_heads": 2},
+                              class_names=NAMES, null_condition_trained=True, **config)
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +29,14 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     """One tiny random pipeline per paradigm, saved the way the shipped ones are."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("checkpoints")
-    common = {"class_names": NAMES, "null_condition_trained": True}
     vq = VQImageTokenizer(VQConfig(image_size=16, downsample=4, channels=8, channel_mult=[1, 1, 1], z_channels=8,
                                    codebook_size=32, codebook_dim=4))
-    NextTokenPipeline(gpt=_gpt(vocab_size=32, coord_rank=2), tokenizer=vq, **common).save_pretrained(root / "next-token")
+    _pipeline(NextTokenPipeline, vq).save_pretrained(root / "next-token")
     msvq = MultiScaleVQTokenizer(MultiScaleVQConfig(image_size=16, channels=8, channel_mult=(1, 1, 1), codebook_size=32,
                                                     codebook_dim=4, patch_nums=(1, 2, 4), share_quant_resi=3))
-    NextScalePipeline(gpt=_gpt(vocab_size=32, coord_rank=3, input_dim=4), tokenizer=msvq, **common).save_pretrained(root / "next-scale")
+    _pipeline(NextScalePipeline, msvq).save_pretrained(root / "next-scale")
     kl = KLImageTokenizer(KLConfig(image_size=16, downsample=4, channels=8, channel_mult=[1, 1, 1], latent_dim=4))
-    head = FlowHead(FlowHeadConfig(latent_dim=4, cond_dim=32, width=32, depth=1))
-    NextXPipeline(gpt=_gpt(vocab_size=1, coord_rank=2, input_dim=4), tokenizer=kl, head=head, num_flow_steps=2,
-                  **common).save_pretrained(root / "next-x")
+    _pipeline(NextXPipeline, kl, head={"width": 32, "depth": 1}, num_flow_steps=2).save_pretrained(root / "next-x")
     return root
 
 

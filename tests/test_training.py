@@ -20,11 +20,11 @@ import torch
 import yaml
 from accelerate.utils import is_tensorboard_available
 
-from mmgen.cli import main
-from mmgen.training import Trainer, list_checkpoints, load_config
-from mmgen.training.config import TrainConfig, config_from_mapping
-from mmgen.training.data import StepBatches, TokenSource, batch_indices, step_batches
-from mmgen.training.trainer import lr_factor
+from mmgen.app.cli import main
+from mmgen.app.training import Trainer, list_checkpoints, load_config
+from mmgen.app.training.config import TrainConfig, config_from_mapping
+from mmgen.app.training.data import StepBatches, TokenSource, batch_indices, step_batches
+from mmgen.app.training.trainer import lr_factor
 from tokenizers_visual import KLConfig, KLImageTokenizer, VQConfig, VQImageTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -148,7 +148,7 @@ def test_generator_killed_between_checkpoints_resumes_with_identical_losses(toke
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "lo')  # as if the kill had struck while a record was being written
 
-    resumed = run_python("-m", "mmgen.cli", "train", str(config), "--resume", "latest")
+    resumed = run_python("-m", "mmgen.app.cli", "train", str(config), "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first_logged = next(line for line in resumed.stdout.splitlines() if line.startswith("step "))
     assert first_logged.split()[1] == "4"  # continued from the saved step 3
@@ -252,7 +252,7 @@ def test_two_cpu_processes_share_each_step_and_stay_in_sync(tokenizer_dir, tmp_p
                               eval={"every": 0}, checkpoint={"every": 0})
     config = write_config(tmp_path / "ddp.yaml", values)
     launched = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "mmgen.cli", "train", str(config), timeout=180)
+                          "-m", "mmgen.app.cli", "train", str(config), timeout=180)
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     result = report(run)
@@ -315,7 +315,7 @@ def test_a_local_hugging_face_dataset_trains_a_labelled_generator(tokenizer_dir,
     from PIL import Image
 
     from mmgen.data import ShapesDataset
-    from mmgen.training.data import build_image_source
+    from mmgen.app.training.data import build_image_source
 
     shapes = ShapesDataset(size=24, length=42, seed=3).batch(range(42))
     pixels = ((shapes["image"] + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
@@ -340,23 +340,62 @@ def test_a_local_hugging_face_dataset_trains_a_labelled_generator(tokenizer_dir,
 
 def test_text_conditioned_generator_trains_and_follows_prompts_api(tokenizer_dir, tmp_path):
     """`condition: text` puts byte-level captions in the prefix; the exported pipeline takes prompts."""
+    from mmgen.conditioning import ByteTextConditioner
     from pipelines import NextTokenPipeline
 
     values = generator_config(tokenizer_dir, tmp_path / "run", condition="text", eval={"every": 0}, checkpoint={"every": 0})
     Trainer(load_config(write_config(tmp_path / "text.yaml", values))).fit()
     pipe = NextTokenPipeline.from_pretrained(str(tmp_path / "run" / "pipeline"))
-    assert pipe.gpt.cfg.text_max_len > 0 and pipe.gpt.cfg.num_classes == 0
+    assert isinstance(pipe.conditioner, ByteTextConditioner) and pipe.conditioner.max_prefix > 0
     out = pipe(prompt=["a red circle", "a blue square"], guidance_scale=2.0, output_type="pt",
                generator=[torch.Generator().manual_seed(i) for i in range(2)])
     assert out.images.shape == (2, 3, 16, 16)
+    assert "adherence" in report(tmp_path / "run")["eval"]  # judged by asking for each class's caption
+
+
+def test_text_encoder_conditioned_generator_trains_and_loads_without_the_encoder_folder(tokenizer_dir, tmp_path, capsys):
+    """`condition: text_encoder` with `conditioner: {encoder: DIR}`: a frozen transformers encoder feeds the prefix;
+    the exported pipeline carries encoder and tokenizer itself and generates from prompts."""
+    import shutil
+
+    from mmgen.conditioning import TextEncoderConditioner
+    from pipelines import NextTokenPipeline
+    from text_encoder_fixture import make_tiny_text_encoder
+
+    encoder = make_tiny_text_encoder(tmp_path / "encoder")
+    values = generator_config(tokenizer_dir, tmp_path / "run", condition="text_encoder",
+                              conditioner={"encoder": str(encoder), "max_len": 8}, optim={"steps": 4},
+                              eval={"every": 0}, checkpoint={"every": 2})
+    Trainer(load_config(write_config(tmp_path / "encoder.yaml", values))).fit()
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
+    from transformers import AutoModel
+
+    original = AutoModel.from_pretrained(str(encoder)).state_dict()
+    shutil.rmtree(encoder)
+    pipe = NextTokenPipeline.from_pretrained(str(tmp_path / "run" / "pipeline"))
+    assert isinstance(pipe.conditioner, TextEncoderConditioner) and pipe.conditioner.max_prefix == 8
+    trained = pipe.conditioner.encoder.state_dict()
+    assert all(torch.equal(trained[k], original[k]) for k in original)  # the encoder stayed frozen
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=["a red circle", "a blue square"], guidance_scale=2.0, output_type="pt",
+               generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert out.images.shape == (2, 3, 16, 16)
+    exported, samples = tmp_path / "run" / "pipeline", tmp_path / "samples"
+    assert main(["generate", str(exported), "--prompt", "a red circle", "--num-samples", "2", "--guidance-scale", "2",
+                 "--out", str(samples), "--device", "cpu"]) == 0
+    images = json.loads((samples / "manifest.json").read_text())["images"]
+    assert [(i["prompt"], i["class_id"]) for i in images] == [("a red circle", None)] * 2
+    assert main(["info", str(exported / "conditioner")]) == 0
+    text = capsys.readouterr().out
+    assert "TextEncoderConditioner" in text and "tokenizer_json: " in text and pipe.conditioner.cfg.tokenizer_json not in text
 
 
 def test_next_x_scale_entity_without_patch_nums_gets_room_for_its_default_scales(kl_tokenizer_dir, tmp_path):
     """The GPT's max_seq_len covers the scales NextXPipeline picks itself (4x4 latents: 1, 2, 4)."""
-    from mmgen.training import build_pipeline
+    from mmgen.app.training import build_pipeline
 
     values = generator_config(kl_tokenizer_dir, tmp_path / "run", pipeline="NextXPipeline",
                               pipeline_args={"entity": "scale"}, head={"width": 16, "depth": 1})
     pipe = build_pipeline(load_config(write_config(tmp_path / "scale.yaml", values)))
-    assert pipe.body_layout().seq_len == 1 + 4 + 16
-    assert pipe.gpt.cfg.max_seq_len == 1 + pipe.body_layout().seq_len
+    assert pipe.config.patch_nums == [1, 2, 4] and pipe.pattern().num_positions == 1 + 4 + 16
+    assert pipe.gpt.cfg.max_seq_len == 1 + pipe.pattern().num_positions  # the class prefix, then the pyramid

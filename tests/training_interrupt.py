@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from mmgen.cli import main
-from mmgen.training.trainer import Trainer
+from mmgen.app.cli import main
+from mmgen.app.training.trainer import Trainer
 
 
 def kill_when_step_begins(step: int) -> None:

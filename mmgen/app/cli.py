@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from mmgen.files import write_atomically
+
 from .demo import DEFAULT_CHECKPOINTS
-from .files import write_atomically
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -97,7 +98,7 @@ def _token_meta(cfg: Any, pipe: Any, tokens: torch.Tensor) -> dict[str, Any]:
         "data": {"dataset": data.dataset, "path": data.path, "image_size": data.image_size, "num_images": data.num_images, "seed": data.seed},
         "token_shape": list(tokens.shape[1:]), "token_dtype": str(tokens.dtype).removeprefix("torch."),
     }
-    if getattr(pipe, "head", None) is not None:
+    if getattr(pipe.head, "latent_mean", None) is not None:  # continuous tokens: the statistics they are normalised by
         meta["latent_mean"] = pipe.head.latent_mean.cpu().tolist()
         meta["latent_std"] = pipe.head.latent_std.cpu().tolist()
     return meta
@@ -142,11 +143,11 @@ def _pipeline_source(text: str) -> str:
 
 
 def _load_pipeline(source: str) -> Any:
-    """``ARImagePipeline.from_pretrained`` (it builds the saved class); a hub failure names both readings of ``source``."""
+    """``ARPipeline.from_pretrained`` (it builds the saved class); a hub failure names both readings of ``source``."""
     import pipelines
 
     try:
-        return pipelines.ARImagePipeline.from_pretrained(source)
+        return pipelines.ARPipeline.from_pretrained(source)
     except OSError as err:
         if Path(source).is_dir():
             raise
@@ -184,12 +185,15 @@ def _check_targets(out: Path, plan: list[dict[str, Any]], *, overwrite: bool) ->
 
 
 def _call_options(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Sampling options for the pipeline's __call__; --num-flow-steps only where the paradigm has a flow head."""
+    """Sampling options for the pipeline's __call__; --num-flow-steps only where the pipeline draws latents with a flow head."""
+    from mmgen.tokens import ContinuousContent
+
     options: dict[str, Any] = {"guidance_scale": args.guidance_scale, "temperature": args.temperature,
                                "top_k": args.top_k, "top_p": args.top_p}
     if args.num_flow_steps is not None:
-        if "num_flow_steps" not in inspect.signature(pipe.__call__).parameters:
-            raise ValueError(f"--num-flow-steps: a {type(pipe).__name__} has no flow head")
+        flow = isinstance(pipe.head.content, ContinuousContent)
+        if not flow or "num_flow_steps" not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(f"--num-flow-steps: this {type(pipe).__name__} has no flow head ({type(pipe.head).__name__})")
         options["num_flow_steps"] = args.num_flow_steps
     return options
 
@@ -200,7 +204,8 @@ def _resolve_classes(pipe: Any, plan: list[dict[str, Any]]) -> None:
     labels = [item["class_id"] for item in plan if item["class_id"] is not None]
     if not prompts and not labels:
         return
-    cond = pipe.prepare_condition(prompt=prompts or None, class_labels=labels or None, num_samples_per_prompt=1, guided=False)
+    cond = pipe.conditioner.condition(prompt=prompts or None, class_labels=labels or None,
+                                      class_names=pipe.config.get("class_names"))
     for item, class_id in zip(plan, cond.class_ids):
         item["class_id"] = class_id
 
@@ -247,6 +252,18 @@ def _info(args: argparse.Namespace) -> int:
 
     info = describe(args.path)
     print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+# ---- upgrade -------------------------------------------------------------------------------------------
+def _upgrade(args: argparse.Namespace) -> int:
+    """Convert a pipeline folder saved by an older mmgen into the current layout (conditioner and head components)."""
+    from .upgrade import upgrade_pipeline
+
+    start = time.perf_counter()
+    new = upgrade_pipeline(args.old, args.new, overwrite=args.overwrite)
+    print(f"mmgen upgrade: {args.old} converted to {new} ({time.perf_counter() - start:.1f} s); "
+          f"generate from it with `mmgen generate {new}`")
     return 0
 
 
@@ -309,6 +326,19 @@ def _add_info(commands: Any) -> None:
     cmd.set_defaults(run=_info)
 
 
+def _add_upgrade(commands: Any) -> None:
+    cmd = _command(commands, "upgrade", summary="convert a pipeline saved by an older mmgen to the current format",
+                   description="Pipelines saved before the engine refactor kept the class / text embeddings and the output "
+                               "layers inside the GPT. Write the same weights into a new folder with separate conditioner "
+                               "and head components, which this mmgen loads; a class-conditional model generates the "
+                               "same images as before. OLD is left unchanged.",
+                   example="mmgen upgrade outputs/shapes32/next-token/pipeline outputs/shapes32/next-token/pipeline-v2")
+    cmd.add_argument("old", type=Path, help="pipeline folder saved by an older mmgen (model_index.json without a conditioner)")
+    cmd.add_argument("new", type=Path, help="folder to write the converted pipeline to (must not exist unless --overwrite)")
+    cmd.add_argument("--overwrite", action="store_true", help="replace NEW if it exists")
+    cmd.set_defaults(run=_upgrade)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenize(commands)
     _add_generate(commands)
     _add_info(commands)
+    _add_upgrade(commands)
     return parser
 
 

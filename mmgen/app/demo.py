@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from .data import NUM_CLASSES, caption, class_parts
-from .metrics import judge_shapes
+from mmgen.data import NUM_CLASSES, caption, class_parts
+from mmgen.metrics import judge_shapes
 
 __all__ = ["DEFAULT_CHECKPOINTS", "PARADIGMS", "run_demo"]
 
-DEFAULT_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes32"
+DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes32"
 PARADIGMS = {"next-token": "NextTokenPipeline", "next-scale": "NextScalePipeline", "next-x": "NextXPipeline"}
 SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}
 

@@ -14,8 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .hub import CONFIG_NAME as MODEL_CONFIG
-from .hub import PICKLE_SUFFIXES
+from mmgen.hub import CONFIG_NAME as MODEL_CONFIG
+from mmgen.hub import PICKLE_SUFFIXES
+
+from .upgrade import is_old_pipeline
 
 __all__ = ["describe", "file_kind", "format_description", "human_bytes", "safetensors_summary"]
 
@@ -24,6 +26,7 @@ TRUSTED_PACKAGES = ("mmgen", "tokenizers_visual", "tokenizers_audio")
 PIPELINE_INDEX = "model_index.json"
 TOKEN_INDEX = "tokens.json"
 CHECKPOINT_STATE = "trainer_state.json"
+LONG_TEXT = 80  # config strings longer than this are shortened in the text description
 DTYPE_NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -160,8 +163,11 @@ def _pipeline(folder: Path) -> dict[str, Any]:
     files = _files(folder)
     total = sum(f["bytes"] for f in files) + sum(c.get("bytes", 0) for c in components.values())
     counts = [c["weights"]["parameters"] if c["kind"] == "model" else None for c in components.values()]
-    return {"kind": "pipeline", "path": str(folder), "class": class_name, "config": config, "components": components,
+    info = {"kind": "pipeline", "path": str(folder), "class": class_name, "config": config, "components": components,
             "parameters": None if None in counts else sum(counts), "files": files, "bytes": total}
+    if is_old_pipeline(folder):
+        info["upgrade"] = f"saved by an older mmgen; convert it with `mmgen upgrade {folder} NEW_FOLDER` to load it"
+    return info
 
 
 def _checkpoint(folder: Path) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def _checkpoint(folder: Path) -> dict[str, Any]:
 
 def _training_run(folder: Path) -> dict[str, Any]:
     """A training output folder: checkpoints, the final eval report, the last logged metrics, the exported model, tokens."""
-    from mmgen.training.trainer import list_checkpoints
+    from mmgen.app.training.trainer import list_checkpoints
 
     checkpoint_dir = folder / "checkpoints"
     complete = list_checkpoints(checkpoint_dir)
@@ -256,6 +262,10 @@ def _config_value(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, list) and len(value) > 4:
         return f"{len(value)} items ({', '.join(map(repr, value[:2]))}, ...)"
+    if isinstance(value, dict) and len(value) > 4:  # e.g. a text encoder's whole transformers config
+        return f"{len(value)} keys ({', '.join(f'{k!r}: {v!r}' for k, v in list(value.items())[:2])}, ...)"
+    if isinstance(value, str) and len(value) > LONG_TEXT:  # e.g. a fast tokenizer's JSON
+        return f"{len(value):,} characters ({value[:LONG_TEXT // 2]!r}...)"
     return repr(value)
 
 
@@ -286,6 +296,8 @@ def _format_model(info: dict[str, Any], indent: str = "  ") -> list[str]:
 
 def _format_pipeline(info: dict[str, Any]) -> list[str]:
     lines = [f"pipeline {info['class']} at {info['path']}: {_count(info['parameters'])} parameters, {human_bytes(info['bytes'])}"]
+    if "upgrade" in info:
+        lines.append(f"  {info['upgrade']}")
     lines += [f"  {key}: {_config_value(value)}" for key, value in sorted(info["config"].items())]
     lines.append("  components:")
     for name, comp in info["components"].items():

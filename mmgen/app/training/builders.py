@@ -1,105 +1,93 @@
-"""Build what a run trains from its config: a tokenizer from a preset, or a pipeline around a trained tokenizer."""
+"""Build what a run config trains: a tokenizer from a preset, or a pipeline around a trained tokenizer.
+
+Nothing here names a concrete tokenizer: a tokenizer class is found by the name its preset or saved
+config gives, among the tokenizer packages; :meth:`~pipelines.ARPipeline.from_tokenizer` derives the
+GPT's vocabulary, coordinates and inputs and the head from the paradigm's plan over the tokenizer, and
+the conditioner comes from ``condition`` / ``conditioner``.
+"""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmgen.conditioning import ByteTextConditioner, ClassConditioner, Conditioner, TextEncoderConditioner
 from mmgen.data import NUM_CLASSES, caption
-from mmgen.gpt import GPT, GPTConfig
+from mmgen.gpt import GPTConfig
 from mmgen.hub import config_from_dict
+from mmgen.text_encoders import write_word_level_bert
 
 from .config import TrainConfig
 
-__all__ = ["build_tokenizer", "load_tokenizer", "build_pipeline", "gpt_fields_for"]
+__all__ = ["build_tokenizer", "load_tokenizer", "build_pipeline", "build_conditioner", "tokenizer_class"]
 
+TOKENIZER_PACKAGES = ("tokenizers_visual", "tokenizers_audio")
 TEXT_MAX_LEN = 24  # bytes; the longest shapes caption, "a magenta triangle", has 18
 
 
-def build_tokenizer(preset: dict[str, Any], *, source: str = "tokenizer") -> torch.nn.Module:
-    """A fresh tokenizer from a preset mapping: ``class`` (a ``tokenizers_visual`` class) plus its config fields."""
-    import tokenizers_visual
+def tokenizer_class(name: object, *, source: str) -> type:
+    """The tokenizer class called ``name`` in one of the tokenizer packages."""
+    exported = []
+    for package in TOKENIZER_PACKAGES:
+        module = import_module(package)
+        exported += list(getattr(module, "__all__", ()))
+        cls = getattr(module, str(name), None) if str(name) in getattr(module, "__all__", ()) else None
+        if cls is not None and hasattr(cls, "config_class"):
+            return cls
+    raise ValueError(f"{source}: class {name!r} is not a tokenizer exported by {TOKENIZER_PACKAGES} ({sorted(exported)})")
 
+
+def build_tokenizer(preset: dict[str, Any], *, source: str = "tokenizer") -> torch.nn.Module:
+    """A fresh tokenizer from a preset mapping: ``class`` (a tokenizer class name) plus its config fields."""
     values = dict(preset)
-    name = values.pop("class", None)
-    cls = getattr(tokenizers_visual, str(name), None)
-    if cls is None or not hasattr(cls, "config_class"):
-        raise ValueError(f"{source}: class {name!r} is not a tokenizer exported by tokenizers_visual ({tokenizers_visual.__all__})")
+    cls = tokenizer_class(values.pop("class", None), source=source)
     return cls(config_from_dict(cls.config_class, values, source=source))
 
 
 def load_tokenizer(folder: str | Path) -> torch.nn.Module:
     """A trained tokenizer from its ``save_pretrained`` folder; the class comes from its config.json."""
-    import tokenizers_visual
-
     config_file = Path(folder) / "config.json"
     if not config_file.is_file():
         raise ValueError(f"tokenizer: {folder} is not a saved tokenizer (no config.json); train one with `mmgen train`")
     name = json.loads(config_file.read_text()).get("_class_name")
-    cls = getattr(tokenizers_visual, str(name), None)
-    if cls is None:
-        raise ValueError(f"tokenizer: {folder} holds a {name!r}, not a tokenizers_visual tokenizer")
-    return cls.from_pretrained(str(folder))
+    return tokenizer_class(name, source=f"tokenizer: {folder}").from_pretrained(str(folder))
 
 
-def gpt_fields_for(pipeline: str, tokenizer: torch.nn.Module, pipeline_args: dict[str, Any]) -> dict[str, Any]:
-    """GPT config fields a paradigm fixes from its tokenizer: vocabulary, coordinate rank, continuous input size."""
-    from tokenizers_visual import FlexImageTokenizer, KLImageTokenizer
+def build_conditioner(cfg: TrainConfig, *, dim: int) -> Conditioner:
+    """The conditioner a run asks for: ``condition`` (class / text / text_encoder) with the ``conditioner`` fields."""
+    fields = dict(cfg.conditioner)
+    if cfg.condition == "class":
+        fields.setdefault("num_classes", NUM_CLASSES)
+        return ClassConditioner(config_from_dict(ClassConditioner.config_class, {"dim": dim, **fields}, source="conditioner"))
+    fields.setdefault("max_len", TEXT_MAX_LEN)
+    if cfg.condition == "text":
+        return ByteTextConditioner(config_from_dict(ByteTextConditioner.config_class, {"dim": dim, **fields}, source="conditioner"))
+    encoder = fields.pop("encoder", None)
+    if isinstance(encoder, dict):  # a small random encoder over the captions' words, built here (nothing downloads)
+        from transformers.utils import logging as transformers_logging
 
-    if pipeline == "NextTokenPipeline":
-        return {"vocab_size": tokenizer.codebook_size, "coord_rank": 1 if isinstance(tokenizer, FlexImageTokenizer) else 2}
-    if pipeline == "NextScalePipeline":
-        return {"vocab_size": tokenizer.codebook_size, "coord_rank": 3, "input_dim": tokenizer.cfg.codebook_dim}
-    rank = 3 if pipeline_args.get("entity") == "scale" else 2
-    if isinstance(tokenizer, KLImageTokenizer):
-        return {"vocab_size": 1, "coord_rank": rank, "input_dim": tokenizer.latent_dim}
-    return {"vocab_size": tokenizer.codebook_size, "coord_rank": rank}
+        transformers_logging.disable_progress_bar()
+        with tempfile.TemporaryDirectory() as folder:
+            write_word_level_bert(folder, **encoder)
+            return TextEncoderConditioner.from_encoder(folder, dim=dim, local_files_only=True, **fields)
+    if not isinstance(encoder, str):
+        raise ValueError("conditioner.encoder: condition 'text_encoder' needs the folder or hub id of a transformers text encoder, "
+                         "or a mapping of write_word_level_bert's arguments (e.g. {hidden_size: 64}) to build a small one")
+    return TextEncoderConditioner.from_encoder(encoder, dim=dim, **fields)
 
 
 def build_pipeline(cfg: TrainConfig) -> Any:
-    """A fresh generator pipeline: the trained tokenizer (frozen), a new GPT, and a flow head where the paradigm needs one."""
+    """A fresh generator pipeline: the trained tokenizer (frozen), a new conditioner, GPT and head."""
     import pipelines
 
     tokenizer = load_tokenizer(cfg.tokenizer).eval().requires_grad_(False)
-    fields = dict(cfg.gpt)
-    derived = gpt_fields_for(cfg.pipeline, tokenizer, cfg.pipeline_args)
-    clash = sorted(k for k in derived if k in fields and fields[k] != derived[k])
-    if clash:
-        raise ValueError(f"gpt: {clash} are fixed by the tokenizer and pipeline ({ {k: derived[k] for k in clash} }); remove them")
-    fields.update(derived, start_token=True)
-    body_len = _body_length(cfg.pipeline, tokenizer, cfg.pipeline_args)
-    if cfg.condition == "class":
-        fields.setdefault("num_classes", NUM_CLASSES)
-        prefix = 1
-    else:
-        fields.setdefault("text_max_len", TEXT_MAX_LEN)
-        prefix = fields["text_max_len"]
-    fields.setdefault("max_seq_len", prefix + body_len)
-    gpt = GPT(config_from_dict(GPTConfig, fields, source="gpt"))
-    cls = getattr(pipelines, cfg.pipeline)
-    kwargs: dict[str, Any] = {"gpt": gpt, "tokenizer": tokenizer, **cfg.pipeline_args}
+    conditioner = build_conditioner(cfg, dim=cfg.gpt.get("dim", GPTConfig.dim))
+    options = dict(cfg.pipeline_args)
     if cfg.condition == "class" and cfg.data.dataset == "shapes":
-        kwargs["class_names"] = [caption(c) for c in range(NUM_CLASSES)]
-    if cfg.head is not None:
-        from mmgen.flow_head import FlowHead, FlowHeadConfig
-
-        head_fields = {"latent_dim": tokenizer.latent_dim, "cond_dim": gpt.cfg.dim, **cfg.head}
-        kwargs["head"] = FlowHead(config_from_dict(FlowHeadConfig, head_fields, source="head"))
-    return cls(**kwargs)
-
-
-def _body_length(pipeline: str, tokenizer: torch.nn.Module, pipeline_args: dict[str, Any]) -> int:
-    if pipeline == "NextScalePipeline":
-        return tokenizer.num_tokens
-    if hasattr(tokenizer, "max_tokens"):
-        return tokenizer.max_tokens
-    h, w = tokenizer.grid_shape()
-    if pipeline_args.get("entity") == "scale":
-        from pipelines.next_x import default_patch_nums
-
-        patch_nums = pipeline_args.get("patch_nums") or default_patch_nums(h)  # what NextXPipeline itself uses
-        return sum(pn * pn for pn in patch_nums)
-    return h * w
+        options["class_names"] = [caption(c) for c in range(NUM_CLASSES)]
+    return getattr(pipelines, cfg.pipeline).from_tokenizer(tokenizer, conditioner=conditioner, gpt=cfg.gpt, head=cfg.head, **options)

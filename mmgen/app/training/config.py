@@ -19,7 +19,7 @@ __all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "Train
 
 KINDS = ("tokenizer", "generator")
 PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
-CONDITIONS = ("class", "text")
+CONDITIONS = ("class", "text", "text_encoder")
 DATASETS = ("shapes", "folder", "hf")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -108,6 +108,7 @@ class TrainConfig:
     pipeline: str = "NextTokenPipeline"
     pipeline_args: dict[str, Any] = field(default_factory=dict)
     condition: str = "class"
+    conditioner: dict[str, Any] = field(default_factory=dict)
     gpt: dict[str, Any] = field(default_factory=dict)
     head: dict[str, Any] | None = None
     cond_drop_prob: float = 0.1

@@ -159,7 +159,7 @@ def save_token_shards(folder: str | Path, tokens: torch.Tensor, labels: torch.Te
         shard = {"tokens": tokens[start:start + shard_size].contiguous(), "labels": labels[start:start + shard_size].contiguous()}
         write_atomically(path, lambda tmp, shard=shard: save_file(shard, str(tmp)))
         paths.append(path)
-    index = {"shards": [p.name for p in paths], "num_items": int(tokens.shape[0]), **meta}
+    index = {**meta, "shards": [p.name for p in paths], "num_items": int(tokens.shape[0])}  # the shards written here win
     (folder / SHARD_INDEX).write_text(json.dumps(index, indent=2))
     return paths
 

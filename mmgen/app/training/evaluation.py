@@ -86,7 +86,7 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
                               "temperature": ev.temperature, "top_k": ev.top_k, "top_p": ev.top_p, "min_p": ev.min_p}
     if ev.num_flow_steps is not None:
         kwargs["num_flow_steps"] = ev.num_flow_steps
-    if cfg.data.dataset != "shapes" or cfg.condition != "class":
+    if cfg.data.dataset != "shapes":
         return {}
     result = shapes_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
     images = result.pop("images")

@@ -82,17 +82,16 @@ class _TokenizerObjective(nn.Module):
 
 
 class _GeneratorObjective(nn.Module):
-    """The trainable parts of a pipeline (GPT, and the flow head if any) with the paradigm's loss as forward."""
+    """The trainable parts of a pipeline (conditioner, GPT, head) with the paradigm's loss as forward."""
 
     def __init__(self, pipe: Any, *, condition: str, cond_drop_prob: float) -> None:
         super().__init__()
-        self.gpt = pipe.gpt
-        self.head = getattr(pipe, "head", None)
+        self.gpt, self.head, self.conditioner = pipe.gpt, pipe.head, pipe.conditioner
         self._pipe = [pipe]  # not a submodule: the frozen tokenizer is not trained
         self.condition, self.cond_drop_prob = condition, cond_drop_prob
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.condition == "text":
+        if self.condition != "class":
             prompts = [caption(int(c)) for c in labels]
             return self._pipe[0].loss(tokens, prompt=prompts, cond_drop_prob=self.cond_drop_prob, generator=generator)
         return self._pipe[0].loss(tokens, class_labels=labels, cond_drop_prob=self.cond_drop_prob, generator=generator)
@@ -178,6 +177,11 @@ class Trainer:
             tokens, labels, meta = load_token_shards(self.cfg.data.tokens)
             if meta.get("pipeline") != self.cfg.pipeline:
                 raise ValueError(f"data.tokens {self.cfg.data.tokens} were extracted for {meta.get('pipeline')}, not {self.cfg.pipeline}")
+            size = self.cfg.data.image_size
+            expected = tuple(self.pipe.tokenize(torch.zeros(1, 3, size, size, device=self.pipe.device)).shape[1:])
+            if tuple(tokens.shape[1:]) != expected:  # e.g. shards of an older mmgen, which stored latents channel-first
+                raise ValueError(f"data.tokens {self.cfg.data.tokens} hold tokens of shape {tuple(tokens.shape[1:])}; this run's "
+                                 f"{self.cfg.pipeline} learns sequences of shape {expected}: extract them again with `mmgen tokenize`")
             if "latent_mean" in meta:
                 self.pipe.head.latent_mean.copy_(torch.tensor(meta["latent_mean"]))
                 self.pipe.head.latent_std.copy_(torch.tensor(meta["latent_std"]))
@@ -365,7 +369,7 @@ class Trainer:
 
         cfg = self.cfg
         name = type(self.model).__name__
-        module = "pipelines" if cfg.kind == "generator" else "tokenizers_visual"
+        module = type(self.model).__module__.split(".")[0]  # pipelines, tokenizers_visual or tokenizers_audio
         data = (f"{cfg.data.dataset} ({cfg.data.num_images} images of {cfg.data.image_size}x{cfg.data.image_size}"
                 f"{', path ' + cfg.data.path if cfg.data.path else ''}; seed {cfg.data.seed})")
         training = {"steps": report["steps"], "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
@@ -510,7 +514,7 @@ def _verify_file(path: Path, expected: dict[str, Any]) -> None:
 
 def fit_latent_statistics(pipe: Any, images: Any, *, max_images: int = LATENT_STATS_IMAGES) -> None:
     """Continuous tokens: fit the flow head's per-channel normalisation on up to ``max_images`` training images."""
-    if getattr(pipe, "head", None) is not None:
+    if callable(getattr(pipe.head, "set_latent_statistics", None)):
         pipe.set_latent_statistics(images.batch(list(range(min(len(images), max_images))))["image"])
 
 
