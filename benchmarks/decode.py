@@ -1,4 +1,4 @@
-"""Decode speed: ``mmgen.GPT.generate`` vs ``transformers`` ``generate`` on the same converted weights.
+"""Decode speed: mmgen's engine (``mmgen.programs.continue_tokens``) vs ``transformers`` ``generate`` on the same converted weights.
 
 Both run greedy decoding of ``--new-tokens`` tokens after a 16-token prompt, in one process, in
 alternation, and the script prints the median tokens/s of each and their ratio as a markdown table.
@@ -18,7 +18,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mmgen import GPT
+from mmgen import GPT, CategoricalHead, SamplingConfig
+from mmgen.convert import gpt_from_llama
+from mmgen.programs import continue_tokens
 
 MODEL_SIZES = {
     # name: (hidden, layers, heads, kv_heads, ffn); vocab 16384 as in LlamaGen's image codebook
@@ -29,7 +31,7 @@ VOCAB = 16384
 PROMPT_LEN = 16
 
 
-def build_pair(size: str) -> tuple[LlamaForCausalLM, GPT]:
+def build_pair(size: str) -> tuple[LlamaForCausalLM, GPT, CategoricalHead]:
     hidden, layers, heads, kv_heads, ffn = MODEL_SIZES[size]
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -45,7 +47,7 @@ def build_pair(size: str) -> tuple[LlamaForCausalLM, GPT]:
     )
     torch.manual_seed(0)
     llama = LlamaForCausalLM(config).eval()
-    return llama, GPT.from_transformers_llama(llama)
+    return (llama, *gpt_from_llama(llama))
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:
@@ -72,8 +74,8 @@ def main() -> None:
     print("| model | params | batch | transformers tok/s | mmgen tok/s | mmgen / transformers | same tokens |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
-        llama, gpt = build_pair(size)
-        params = sum(p.numel() for p in gpt.parameters()) / 1e6
+        llama, gpt, head = build_pair(size)
+        params = sum(p.numel() for module in (gpt, head) for p in module.parameters()) / 1e6
         for batch in (1, 8):
             prompt = torch.randint(0, VOCAB, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
 
@@ -82,7 +84,7 @@ def main() -> None:
                     return llama.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
             def run_mmgen():
-                return gpt.generate(prompt, max_new_tokens=new_tokens, temperature=0)
+                return continue_tokens(gpt, head, prompt, max_new_tokens=new_tokens, sampling=SamplingConfig(temperature=0))
 
             run_transformers(), run_mmgen()  # warm-up
             hf_times, mm_times = [], []

@@ -442,8 +442,18 @@ def test_with_prefix_sequence_literal():
 def test_with_prefix_zero_is_identity_and_negative_rejected():
     lay = TokenLayout.sequence(3)
     assert lay.with_prefix(0) is lay
-    with pytest.raises(ValueError, match="length must be >= 0"):
+    with pytest.raises(ValueError, match="length must be an int >= 0"):
         lay.with_prefix(-1)
+
+
+def test_with_prefix_valid_masks_padded_prefix_positions():
+    lay = TokenLayout.sequence(2).with_prefix(3, valid=torch.tensor([[True, True, False], [True, False, False]]))
+    assert lay.batch_size == 2 and lay.valid[:, :3].tolist() == [[True, True, False], [True, False, False]]
+    mask = lay.attention_mask()
+    assert mask[0, 3].tolist() == [True, True, False, True, False]  # body position 0 skips the padded prefix slot
+    assert mask[1, 4].tolist() == [True, False, False, True, True]
+    with pytest.raises(ValueError, match=r"valid must be a bool tensor \[B, 3\]"):
+        TokenLayout.sequence(2).with_prefix(3, valid=torch.ones(1, 2, dtype=torch.bool))
 
 
 def test_with_prefix_on_grid_and_pyramid():
