@@ -148,12 +148,8 @@ class PatternProgram:
                  pad_value: float = 0, start_inputs: torch.Tensor | None = None) -> None:
         self.gpt, self.pattern, self.rule, self.stop, self.pad_value = gpt, pattern, rule, stop, pad_value
         self.start_inputs = start_inputs
-        layout = pattern.layout()
-        self.sizes = tuple(pattern.group_sizes)
-        self.coords_LC = layout.coords[0]
-        self.offsets = [0]
-        for n in self.sizes:
-            self.offsets.append(self.offsets[-1] + n)
+        self.sizes, self.slices = tuple(pattern.group_sizes), tuple(pattern.group_slices)
+        self.coords_LC = pattern.layout().coords[0]
 
     @property
     def num_steps(self) -> int:
@@ -161,18 +157,21 @@ class PatternProgram:
 
     @property
     def num_positions(self) -> int:
-        return self.offsets[-1]
+        return self.pattern.num_positions
+
+    def _start(self, batch_size: int) -> torch.Tensor:
+        """Group 0's inputs: the given ``start_inputs``, else the GPT's start embedding."""
+        return self.gpt.start_inputs(batch_size, self.sizes[0]) if self.start_inputs is None else self.start_inputs
 
     def start(self, batch_size: int, device: torch.device) -> _PatternState:
-        start = self.gpt.start_inputs(batch_size, self.sizes[0]) if self.start_inputs is None else self.start_inputs
-        return _PatternState(group=0, memory=self.rule.begin(), next_inputs=start,
+        return _PatternState(group=0, memory=self.rule.begin(), next_inputs=self._start(batch_size),
                              live_B=torch.ones(batch_size, dtype=torch.bool, device=device))
 
     def next_group(self, state: _PatternState) -> GroupRequest | None:
         if state.group == len(self.sizes) or (self.stop is not None and not bool(state.live_B.any())):
             return None
         B = state.live_B.shape[0]
-        a, b = self.offsets[state.group], self.offsets[state.group + 1]
+        a, b = self.slices[state.group]
         coords = self.coords_LC[a:b].to(state.live_B.device).unsqueeze(0).expand(B, -1, -1)
         valid = state.live_B.view(B, 1).expand(B, b - a)
         return GroupRequest(inputs_BnD=state.next_inputs, coords_BnC=coords, valid_Bn=valid, shared=self.stop is None)
@@ -180,7 +179,7 @@ class PatternProgram:
     def accept(self, state: _PatternState, tokens: torch.Tensor, valid_Bn: torch.Tensor) -> _PatternState:
         entry_valid = getattr(self.pattern, "entry_valid", None)
         if entry_valid is not None:  # entries a codebook pattern leaves empty hold its empty id, as in training
-            a, b = self.offsets[state.group], self.offsets[state.group + 1]
+            a, b = self.slices[state.group]
             keep = entry_valid[a:b].to(tokens.device).unsqueeze(0)
             tokens = torch.where(keep, tokens, torch.full_like(tokens, self.pattern.empty_id))
         state.drawn.append(tokens)
@@ -208,7 +207,7 @@ class PatternProgram:
     def teacher_inputs(self, seq: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training: the inputs ``[B, L, dim]`` of every slot, from the true sequence."""
         groups = self.split(seq)
-        start = self.gpt.start_inputs(seq.shape[0], self.sizes[0])
+        start = self._start(seq.shape[0])
         later = self.rule.teacher(groups, generator=generator) if len(groups) > 1 else []
         return torch.cat([start, *[x.to(start.dtype) for x in later]], dim=1)
 

@@ -33,7 +33,7 @@ from mmgen.gpt import GPT, GPTConfig
 from mmgen.heads import CategoricalHead, DepthHead, Head
 from mmgen.hub import SHIM_MODULE, SHIM_SOURCE, config_from_dict, resolve_pipeline_path
 from mmgen.programs import PatternProgram
-from mmgen.protocol import TokenSpec, check_tokenizer
+from mmgen.protocol import check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
 from mmgen.tokens import ContinuousContent, TokenContent
 
@@ -85,9 +85,9 @@ class ARPipeline(DiffusionPipeline):
     conditioner: Conditioner
 
     def _register(self, *, gpt: GPT, tokenizer: Any, head: Head, conditioner: Conditioner,
-                  class_names: list[str] | None, null_condition_trained: bool, **config: Any) -> TokenSpec:
-        """Check that the four components fit together, register them and the config; return the token spec."""
-        spec = check_tokenizer(tokenizer)
+                  class_names: list[str] | None, null_condition_trained: bool, **config: Any) -> None:
+        """Check that the four components fit together, then register them and the config."""
+        check_tokenizer(tokenizer)
         if not isinstance(gpt, GPT):
             raise TypeError(f"gpt must be an mmgen.GPT, got {type(gpt).__name__}")
         if not isinstance(head, Head):
@@ -111,7 +111,6 @@ class ARPipeline(DiffusionPipeline):
         self.register_modules(gpt=gpt, tokenizer=tokenizer, head=head, conditioner=conditioner)
         self.register_to_config(class_names=class_names, null_condition_trained=null_condition_trained, **config)
         self._check_fit()
-        return spec
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, *, conditioner: Conditioner, gpt: dict[str, Any] | None = None,
@@ -185,16 +184,12 @@ class ARPipeline(DiffusionPipeline):
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """Data (images ``[B, 3, H, W]`` in [-1, 1], …) → the sequence the GPT learns, in the head's space."""
         positions = self.tokenizer.to_positions(self.tokenizer.encode(x))
-        if isinstance(positions, (list, tuple)):
-            return self.to_sequence([self.head.normalize_tokens(p) for p in positions])
-        return self.to_sequence(self.head.normalize_tokens(positions))
+        return self.to_sequence(_each(positions, self.head.normalize_tokens))
 
     def decode_sequence(self, seq: torch.Tensor, **options: Any) -> torch.Tensor:
         """A generated sequence → the tokenizer's native tokens (what ``tokenizer.decode`` takes)."""
         positions = self.from_sequence(seq, **options)
-        if isinstance(positions, (list, tuple)):
-            return self.tokenizer.from_positions([self.head.denormalize_tokens(p) for p in positions])
-        return self.tokenizer.from_positions(self.head.denormalize_tokens(positions))
+        return self.tokenizer.from_positions(_each(positions, self.head.denormalize_tokens))
 
     # ---- training ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,13 +224,9 @@ class ARPipeline(DiffusionPipeline):
         if cond_drop_prob > 0 and not self.config.get("null_condition_trained", False):
             self.register_to_config(null_condition_trained=True)
         hidden = teacher_hidden(self.gpt, cond, inputs_BLD, program.pattern.layout())
-        mask = self.loss_mask(tokens)
+        mask = _loss_mask(program.pattern, tokens)
         targets = tokens if mask is None else torch.where(mask, tokens, torch.zeros_like(tokens))  # left-out entries: any valid id
         return self.head.loss(hidden, targets, mask=mask, generator=generator)
-
-    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Entries of the sequence left out of the loss (None: all count)."""
-        return None
 
     # ---- generation --------------------------------------------------------------------------------
     def _run(
@@ -337,6 +328,19 @@ def _with_guidance(sampling: SamplingConfig, guidance_scale: float | GuidanceSch
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise TypeError(f"guidance_scale must be a number or an mmgen.GuidanceSchedule, got {guidance_scale!r}")
     return replace(sampling, guidance_scale=float(guidance_scale))
+
+
+def _loss_mask(pattern: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Entries left out of the loss: those a codebook pattern leaves empty (its ``entry_valid``); None when all count."""
+    entry_valid = getattr(pattern, "entry_valid", None)
+    if entry_valid is None:
+        return None
+    return entry_valid.to(tokens.device).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+
+
+def _each(positions: torch.Tensor | list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` on a position tensor, or on each scale of a pyramid's list."""
+    return [fn(p) for p in positions] if isinstance(positions, (list, tuple)) else fn(positions)
 
 
 def _import_component_modules(index: dict[str, Any]) -> None:

@@ -81,13 +81,6 @@ class NextTokenPipeline(ARPipeline):
     def input_rule(self) -> PreviousGroupInputs:
         return PreviousGroupInputs(gpt=self.gpt, head=self.head)
 
-    def loss_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """The delay pattern's empty entries are fixed, not learned."""
-        entry_valid = getattr(self.pattern(), "entry_valid", None)
-        if entry_valid is None:
-            return None
-        return entry_valid.to(tokens.device).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-
     # ---- call --------------------------------------------------------------------------------------
     @torch.inference_mode()
     def __call__(
