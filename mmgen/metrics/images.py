@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import COLOUR_RGB, COLOURS, NUM_CLASSES, SHAPES, _coverage, class_parts
+from ..data.images import COLOUR_RGB, COLOURS, NUM_CLASSES, SHAPES, _coverage, class_parts
 
 __all__ = [
     "psnr",

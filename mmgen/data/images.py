@@ -150,6 +150,8 @@ class ShapesDataset(Dataset):
     so any 21 consecutive items hold every class once. ``batch(indices)`` renders many items at once.
     """
 
+    modality = "image"  # batches hold the samples under this key
+
     def __init__(self, *, size: int = 32, length: int = 10000, split: str = "train", seed: int = 0) -> None:
         if not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8, got {size!r}")
@@ -222,6 +224,8 @@ class PhotoCrops(Dataset):
     photo is used. Crops are a pure function of ``seed`` and built once at construction.
     """
 
+    modality = "image"  # batches hold the samples under this key
+
     def __init__(self, *, size: int = 32, num_crops: int = 64, seed: int = 0,
                  photos: Sequence[str] = PHOTO_NAMES) -> None:
         if not isinstance(size, int) or size < 1:
@@ -265,6 +269,8 @@ class ImageFolder(Dataset):
     Files are sorted by path, so indices are stable. Images load lazily; any mode (grey, RGBA,
     palette) becomes RGB.
     """
+
+    modality = "image"  # batches hold the samples under this key
 
     def __init__(self, root: str | Path, *, size: int = 32) -> None:
         if not isinstance(size, int) or size < 1:

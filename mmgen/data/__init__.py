@@ -1,0 +1,8 @@
+"""Built-in data that needs no download, one module per modality: shapes, photos and image folders
+(:mod:`.images`); tones, espeak-ng speech and audio folders (:mod:`.audio`)."""
+
+from . import audio, images
+from .audio import *  # noqa: F403 (the public names of each modality, listed in its __all__)
+from .images import *  # noqa: F403
+
+__all__ = [*images.__all__, *audio.__all__]
