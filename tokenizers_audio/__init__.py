@@ -1,1 +1,24 @@
-"""Audio tokenizers (codecs): each declares its :class:`mmgen.TokenLayout` and round-trips encode / decode."""
+"""Audio tokenizers (codecs): waveforms ``[B, 1, T]`` in [-1, 1] at ``sample_rate`` ↔ tokens, for any generator.
+
+Every codec is a :class:`mmgen.hub.PretrainedModel` implementing :class:`mmgen.protocol.Tokenizer`
+(``modality = "audio"``) with ``encode`` / ``decode``, batch encoding with ``lengths``, and the training
+objective ``loss(audio) -> (loss, logs)``:
+
+- :class:`RVQAudioCodec` (EnCodec / DAC): residual VQ, up to N codebooks per frame, any bitrate from one
+  model (quantizer dropout), a causal variant that streams.
+- :class:`MultiScaleAudioCodec` (SNAC): residual levels at different frame rates, a 1D token pyramid.
+- :class:`SingleCodebookAudioCodec` (WavTokenizer): one id per frame, an inverse-STFT (Vocos) decoder.
+"""
+
+from .multiscale import MultiScaleAudioCodec, MultiScaleAudioConfig
+from .rvq import RVQAudioCodec, RVQAudioConfig
+from .single import SingleCodebookAudioCodec, SingleCodebookAudioConfig
+
+__all__ = [
+    "MultiScaleAudioCodec",
+    "MultiScaleAudioConfig",
+    "RVQAudioCodec",
+    "RVQAudioConfig",
+    "SingleCodebookAudioCodec",
+    "SingleCodebookAudioConfig",
+]

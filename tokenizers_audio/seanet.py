@@ -1,0 +1,211 @@
+"""SEANet 1D conv encoder / decoder (EnCodec's backbone), with a causal variant that streams.
+
+The encoder maps a waveform ``[B, channels, T]`` to latents ``[B, dim, T / hop_length]`` through one
+level per stride: residual units (ELU, dilated kernel-3 conv to half width, ELU, 1×1 conv back, plus
+the input; dilations 1, 2, 4, … as in SEANet) then a strided conv of kernel ``2·stride`` that doubles
+the width. The decoder mirrors it with transposed convs and has no output nonlinearity: losses see
+the raw waveform, and a codec clamps to [-1, 1] when it decodes.
+
+Every conv is padded so a stride ``s`` maps ``n`` samples to exactly ``n / s``: with ``causal=True``
+all padding is on the left, so an output sample depends only on the past. Zero padding (not
+reflect) makes the start of a stream the same as the start of an offline pass, so
+:meth:`SEANetEncoder.streaming` / :meth:`SEANetDecoder.streaming` give the offline result chunk by
+chunk: each conv carries its last input samples as the left context of the next chunk, each
+transposed conv the tail of its output that the next chunk's first frames overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SEANetDecoder", "SEANetEncoder", "SEANetStream"]
+
+States = dict[nn.Module, torch.Tensor]
+
+
+def _maybe_weight_norm(module: nn.Module, enabled: bool) -> nn.Module:
+    return nn.utils.parametrizations.weight_norm(module) if enabled else module
+
+
+class _Conv(nn.Module):
+    """Conv1d mapping ``n`` samples to ``n / stride``; ``context`` = the past samples one output needs."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
+                 causal: bool, weight_norm: bool) -> None:
+        super().__init__()
+        self.conv = _maybe_weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation),
+                                       weight_norm)
+        self.context = (kernel_size - 1) * dilation + 1 - stride
+        self.left = self.context if causal else self.context - self.context // 2
+
+    def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x_BCn, (self.left, self.context - self.left)))
+
+    def step(self, x_BCn: torch.Tensor, states: States) -> torch.Tensor:
+        past = states.get(self, x_BCn.new_zeros(*x_BCn.shape[:2], self.context))
+        buffer = torch.cat([past, x_BCn], dim=-1)
+        states[self] = buffer[..., buffer.shape[-1] - self.context:]
+        return self.conv(buffer)
+
+
+class _ConvTranspose(nn.Module):
+    """Transposed conv (kernel ``2·stride``) mapping ``t`` frames to ``t · stride`` samples."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, causal: bool, weight_norm: bool) -> None:
+        super().__init__()
+        self.conv = _maybe_weight_norm(nn.ConvTranspose1d(in_channels, out_channels, 2 * stride, stride=stride), weight_norm)
+        self.stride = stride
+        self.left = 0 if causal else stride - stride // 2  # of the `stride` extra output samples, trimmed here
+
+    def forward(self, x_BCt: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x_BCt)
+        return y[..., self.left: self.left + x_BCt.shape[-1] * self.stride]
+
+    def step(self, x_BCt: torch.Tensor, states: States) -> torch.Tensor:
+        # bias is added once per output sample, after the overlapping tails are summed
+        y = F.conv_transpose1d(x_BCt, self.conv.weight, None, stride=self.stride)
+        tail = states.get(self)
+        if tail is not None:
+            y = torch.cat([y[..., :self.stride] + tail, y[..., self.stride:]], dim=-1)
+        n = x_BCt.shape[-1] * self.stride
+        states[self] = y[..., n:]
+        return y[..., :n] + self.conv.bias[:, None]
+
+
+class _ResidualUnit(nn.Module):
+    """``x + conv1x1(elu(dilated_conv(elu(x))))`` at half width inside (SEANet's compress = 2)."""
+
+    def __init__(self, width: int, *, dilation: int, causal: bool, weight_norm: bool) -> None:
+        super().__init__()
+        self.inner = _Stack(nn.ELU(), _Conv(width, width // 2, 3, dilation=dilation, causal=causal, weight_norm=weight_norm),
+                            nn.ELU(), _Conv(width // 2, width, 1, causal=causal, weight_norm=weight_norm))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+    def step(self, x: torch.Tensor, states: States) -> torch.Tensor:
+        return x + self.inner.step(x, states)
+
+
+class _Stack(nn.Sequential):
+    """``nn.Sequential`` whose ``step`` threads the streaming states through its stateful layers."""
+
+    def step(self, x: torch.Tensor, states: States) -> torch.Tensor:
+        for layer in self:
+            x = layer.step(x, states) if hasattr(layer, "step") else layer(x)
+        return x
+
+
+def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequence[int], num_res_blocks: int,
+                 kernel_size: int) -> tuple[int, ...]:
+    for name, value in (("channels", channels), ("dim", dim), ("base_channels", base_channels), ("kernel_size", kernel_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
+        raise ValueError(f"num_res_blocks must be an int >= 0, got {num_res_blocks!r}")
+    strides = tuple(strides)
+    if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+        raise ValueError(f"strides must be a non-empty sequence of positive ints, got {strides!r}")
+    if base_channels < 2:
+        raise ValueError(f"base_channels must be >= 2 (residual units work at half width), got {base_channels}")
+    return strides
+
+
+def _residual_units(width: int, num_res_blocks: int, **conv: bool) -> list[nn.Module]:
+    return [_ResidualUnit(width, dilation=2**j, **conv) for j in range(num_res_blocks)]
+
+
+class SEANetEncoder(nn.Module):
+    """Waveform ``[B, channels, T]`` → latents ``[B, dim, T // hop_length]`` (``T`` a multiple of ``hop_length``)."""
+
+    def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
+                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True) -> None:
+        super().__init__()
+        strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size)
+        conv = {"causal": causal, "weight_norm": weight_norm}
+        layers: list[nn.Module] = [_Conv(channels, base_channels, kernel_size, **conv)]
+        width = base_channels
+        for stride in strides:
+            layers += _residual_units(width, num_res_blocks, **conv)
+            layers += [nn.ELU(), _Conv(width, 2 * width, 2 * stride, stride=stride, **conv)]
+            width *= 2
+        layers += [nn.ELU(), _Conv(width, dim, kernel_size, **conv)]
+        self.net = _Stack(*layers)
+        self.channels, self.dim, self.causal = channels, dim, causal
+        self.strides = strides
+        self.hop_length = prod(strides)
+
+    def forward(self, audio_B1T: torch.Tensor) -> torch.Tensor:
+        _check_input(audio_B1T, channels=self.channels, multiple=self.hop_length, name="audio_B1T", unit="samples")
+        return self.net(audio_B1T)
+
+    def streaming(self) -> SEANetStream:
+        """A stream that encodes chunks (each a multiple of ``hop_length`` samples) as one offline pass would."""
+        return SEANetStream(self, multiple=self.hop_length, channels=self.channels, unit="samples")
+
+
+class SEANetDecoder(nn.Module):
+    """Latents ``[B, dim, t]`` → waveform ``[B, channels, t · hop_length]``, unbounded (no final tanh or clamp)."""
+
+    def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
+                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True) -> None:
+        super().__init__()
+        strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size)
+        conv = {"causal": causal, "weight_norm": weight_norm}
+        width = base_channels * 2 ** len(strides)
+        layers: list[nn.Module] = [_Conv(dim, width, kernel_size, **conv)]
+        for stride in reversed(strides):
+            layers += [nn.ELU(), _ConvTranspose(width, width // 2, stride, **conv)]
+            width //= 2
+            layers += _residual_units(width, num_res_blocks, **conv)
+        layers += [nn.ELU(), _Conv(width, channels, kernel_size, **conv)]
+        self.net = _Stack(*layers)
+        self.channels, self.dim, self.causal = channels, dim, causal
+        self.strides = strides
+        self.hop_length = prod(strides)
+
+    def forward(self, latents_BDt: torch.Tensor) -> torch.Tensor:
+        _check_input(latents_BDt, channels=self.dim, multiple=1, name="latents_BDt", unit="frames")
+        return self.net(latents_BDt)
+
+    def streaming(self) -> SEANetStream:
+        """A stream that decodes chunks of latent frames (any number ≥ 1) as one offline pass would."""
+        return SEANetStream(self, multiple=1, channels=self.dim, unit="frames")
+
+
+def _check_input(x: torch.Tensor, *, channels: int, multiple: int, name: str, unit: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 3 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape [B, {channels}, n], got {tuple(x.shape)}")
+    if x.shape[-1] < 1 or x.shape[-1] % multiple:
+        raise ValueError(f"{name} holds {x.shape[-1]} {unit}; need a positive multiple of {multiple}")
+
+
+class SEANetStream:
+    """Chunk-by-chunk pass through a causal SEANet stack; ``step`` outputs equal the offline pass's, in order.
+
+    Runs without gradients (it is for inference) and keeps one batch size from the first chunk on.
+    """
+
+    def __init__(self, model: SEANetEncoder | SEANetDecoder, *, multiple: int, channels: int, unit: str) -> None:
+        if not model.causal:
+            raise ValueError(f"streaming needs a causal {type(model).__name__} (causal=True): a non-causal one looks ahead")
+        self.model, self.multiple, self.channels, self.unit = model, multiple, channels, unit
+        self.states: States = {}
+        self.batch_size: int | None = None
+
+    def step(self, chunk: torch.Tensor) -> torch.Tensor:
+        _check_input(chunk, channels=self.channels, multiple=self.multiple, name="chunk", unit=self.unit)
+        if self.batch_size is not None and chunk.shape[0] != self.batch_size:
+            raise ValueError(f"chunk has batch size {chunk.shape[0]}, but this stream started with {self.batch_size}")
+        self.batch_size = chunk.shape[0]
+        with torch.no_grad():
+            return self.model.net.step(chunk, self.states)

@@ -1,0 +1,137 @@
+"""WavTokenizer-style single-codebook audio codec: one id per latent frame, an inverse-STFT decoder.
+
+A SEANet encoder maps a waveform to latents ``[B, dim, t]`` (hop 320: 50 frames/s at 16 kHz), one
+``VectorQuantize`` codebook (k-means init, EMA, dead-code expiry; 4096 codes as WavTokenizer) gives one
+id per frame, and a Vocos-style decoder (ConvNeXt blocks at the frame rate, then an inverse STFT with
+``hop = hop_length`` and ``n_fft = 4 · hop_length``) turns the codes back into exactly ``t · hop_length``
+samples. One codebook means one token per step for a next-token generator, with no codebook pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmgen.hub import PretrainedModel
+from mmgen.protocol import TokenSpec
+from mmgen.tokens import DiscreteContent
+
+from .checks import check_ids_in_range
+from .codec import CodecConfig, WaveformCodecMixin, build_codebook, codebook_usage, quantize_frames, require_positive_int
+from .seanet import SEANetEncoder
+from .vocos import ISTFTHead, VocosBackbone
+
+__all__ = ["SingleCodebookAudioConfig", "SingleCodebookAudioCodec"]
+
+
+@dataclass
+class SingleCodebookAudioConfig(CodecConfig):
+    """A :class:`CodecConfig` plus the Vocos decoder: ``decoder_layers`` ConvNeXt blocks of width ``decoder_dim``
+    (MLP ``decoder_intermediate_dim``, None: 3 × width). ``hop_length`` must be even ("same" iSTFT padding)."""
+
+    decoder_dim: int = 256
+    decoder_layers: int = 6
+    decoder_intermediate_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("decoder_dim", "decoder_layers"):
+            require_positive_int(name, getattr(self, name))
+        if self.decoder_intermediate_dim is not None:
+            require_positive_int("decoder_intermediate_dim", self.decoder_intermediate_dim)
+        if self.hop_length % 2:
+            raise ValueError(f"hop_length={self.hop_length} (the product of strides {self.strides}) must be even: the "
+                             f"inverse STFT (n_fft = 4 · hop) pads (n_fft − hop) / 2 samples on each side")
+
+    @property
+    def n_fft(self) -> int:
+        return 4 * self.hop_length
+
+
+class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
+    """``SEANetEncoder → VectorQuantize → ConvNeXt backbone → iSTFT head``; tokens are ids ``[B, t]``.
+
+    Train with ``loss, logs = codec.loss(audio)``.
+    """
+
+    config_class = SingleCodebookAudioConfig
+
+    def __init__(self, config: SingleCodebookAudioConfig | dict) -> None:
+        super().__init__()
+        cfg = self._register_typed_config(config)
+        self.cfg = cfg
+        self.encoder = SEANetEncoder(**self._encoder_args())
+        self.quantizer = build_codebook(cfg)
+        self.backbone = VocosBackbone(input_dim=cfg.dim, dim=cfg.decoder_dim, num_layers=cfg.decoder_layers,
+                                      intermediate_dim=cfg.decoder_intermediate_dim or 3 * cfg.decoder_dim)
+        self.head = ISTFTHead(dim=cfg.decoder_dim, hop_length=cfg.hop_length, n_fft=cfg.n_fft)
+
+    @property
+    def num_tokens(self) -> int:
+        """Ids of a training clip (what :meth:`token_spec` holds)."""
+        return self.cfg.clip_frames
+
+    # ---- tokens ------------------------------------------------------------------------------
+    def _latents_to_frames(self, z_BDt: torch.Tensor, *, update: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q_BtD, ids_Bt, commit = quantize_frames(self.quantizer, z_BDt.transpose(1, 2), update=update,
+                                                 dead_code_fraction=self.cfg.dead_code_fraction)
+        return q_BtD.transpose(1, 2), ids_Bt, commit
+
+    @torch.no_grad()
+    def encode(self, audio_B1T: torch.Tensor, *, lengths: torch.Tensor | None = None,
+               sample_rate: int | None = None) -> torch.Tensor:
+        """Waveforms ``[B, 1, T]`` in [-1, 1] → ids ``[B, t]`` (long), ``t`` = T right-padded to whole frames / hop.
+
+        Samples beyond an item's ``lengths`` are zeroed first. Changes no state in either mode.
+        """
+        audio_B1T = self.prepare_audio(audio_B1T, lengths=lengths, sample_rate=sample_rate)
+        return self._latents_to_frames(self.encoder(audio_B1T), update=False)[1]
+
+    def _check_ids(self, ids: torch.Tensor, *, name: str = "ids") -> torch.Tensor:
+        check_ids_in_range(ids, self.cfg.codebook_size, name=name)
+        if ids.dim() != 2 or ids.shape[1] < 1:
+            raise ValueError(f"{name} must have shape [B, t] (one id per latent frame), got {tuple(ids.shape)}")
+        return ids.long()
+
+    def ids_to_latents(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, t]`` → quantised latents ``[B, dim, t]``."""
+        return self.quantizer.get_output_from_indices(self._check_ids(ids)).transpose(1, 2)
+
+    def decode_latents(self, latents_BDt: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, dim, t]`` → waveforms ``[B, 1, t · hop_length]`` (unclamped)."""
+        return self.head(self.backbone(latents_BDt))
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, t]`` → waveforms ``[B, 1, t · hop_length]`` clamped to [-1, 1]."""
+        return self.decode_latents(self.ids_to_latents(ids)).clamp(-1, 1)
+
+    # ---- tokenizer protocol (mmgen.protocol) ---------------------------------------------------
+    def token_spec(self) -> TokenSpec:
+        """A 1D sequence of ``clip_frames`` ids from one codebook."""
+        return TokenSpec(content=DiscreteContent((self.cfg.codebook_size,)), shape=(self.cfg.clip_frames,))
+
+    def to_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[B, t]`` are already position-major."""
+        return self._check_ids(ids)
+
+    def from_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return self._check_ids(positions, name="positions")
+
+    # ---- training ------------------------------------------------------------------------------
+    def forward(self, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prepared waveforms (whole frames) → unclamped reconstruction, ids ``[B, t]``, commitment loss.
+
+        In training mode the codebook initialises (k-means, first call), updates by EMA and expires dead codes.
+        """
+        q_BDt, ids_Bt, commit = self._latents_to_frames(self.encoder(audio_B1T), update=self.training)
+        return self.decode_latents(q_BDt), ids_Bt, commit
+
+    def loss(self, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted waveform L1 + multi-resolution STFT + log-mel L1 + commitment, and float logs."""
+        audio_B1T = self.prepare_audio(audio_B1T)
+        rec_B1T, ids_Bt, commit = self(audio_B1T)
+        terms = self.reconstruction_terms(rec_B1T, audio_B1T)
+        logs = {name: float(value.detach()) for name, value in terms.items()}
+        logs.update(commit=float(commit.detach()), usage=codebook_usage(ids_Bt, self.cfg.codebook_size))
+        return self.weighted_loss(terms, commit), logs
