@@ -68,7 +68,11 @@ class TokenSpec:
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What every tokenizer (image, video, audio, 3D) exposes to generators."""
+    """What every tokenizer (image, video, audio, 3D) exposes to generators.
+
+    Audio tokenizers (codecs) also have ``sample_rate``, the rate of the waveforms ``[B, 1, T]`` they
+    encode and decode, which pipeline outputs and written files carry.
+    """
 
     modality: str
 

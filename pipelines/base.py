@@ -238,13 +238,13 @@ class ARPipeline(DiffusionPipeline):
         guidance_scale: float | GuidanceSchedule,
         sampling: SamplingConfig,
         generator: torch.Generator | list[torch.Generator] | None,
-        output_type: str,
+        output_type: str | None,
         return_dict: bool,
         callback_on_step_end: Callable[..., dict[str, Any]] | None,
         prefill: torch.Tensor | None = None,
         options: dict[str, Any] | None = None,
     ) -> Any:
-        check_output_type(self.tokenizer.modality, output_type)
+        output_type = check_output_type(self.tokenizer.modality, output_type)
         sampling = _with_guidance(sampling, guidance_scale)
         guided = not (sampling.guidance_schedule == "constant" and sampling.guidance_scale == 1.0)
         if guided and not self.config.get("null_condition_trained", False):

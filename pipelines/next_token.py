@@ -97,7 +97,7 @@ class NextTokenPipeline(ARPipeline):
         prefill: torch.Tensor | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "pil",
+        output_type: str | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
     ) -> Any:

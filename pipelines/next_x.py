@@ -140,7 +140,7 @@ class NextXPipeline(ARPipeline):
         num_flow_steps: int | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "pil",
+        output_type: str | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
     ) -> Any:

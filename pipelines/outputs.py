@@ -1,8 +1,9 @@
 """Pipeline outputs, one class per modality, chosen by the tokenizer's ``modality``.
 
 Every output has ``tokens`` (what the tokenizer decodes) next to the decoded samples; with
-``output_type="tokens"`` the decoder is not run and the samples are None. Adding a modality adds
-its output class and converter here; the pipelines stay as they are.
+``output_type="tokens"`` the decoder is not run and the samples are None. ``output_type=None`` is the
+modality's default ("pil" for images, "np" for audio). Adding a modality adds its output class and
+converter here; the pipelines stay as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "OUTPUT_TYPES", "check_output_type", "make_output", "to_output_images"]
+__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "ARAudioPipelineOutput", "OUTPUT_TYPES", "check_output_type", "make_output",
+           "to_output_images", "to_output_audios"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
 
@@ -38,39 +40,83 @@ class ARImagePipelineOutput(BaseOutput):
     tokens: Any
 
 
-def to_output_images(images_BCHW: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+@dataclass
+class ARAudioPipelineOutput(BaseOutput):
+    """``audios``: mono waveforms in [-1, 1], a ``[B, T]`` float32 array ("np") or tensor ("pt"); None for "tokens".
+
+    ``sample_rate``: of the waveforms (the codec's), what ``soundfile.write(path, audios[i], sample_rate)`` needs.
+    ``tokens``: what the codec decodes, one row per clip.
+    """
+
+    audios: np.ndarray | torch.Tensor | None
+    sample_rate: int
+    tokens: Any
+
+
+def to_output_images(images_BCHW: torch.Tensor | None, output_type: str, tokenizer: Any = None) -> dict[str, Any]:
     """Images in [-1, 1] → ``output_type``: "pt" ``[B, 3, H, W]``, "np" ``[B, H, W, 3]`` (both in [0, 1]) or "pil"."""
+    if images_BCHW is None:
+        return {"images": None}
     pt = (images_BCHW.float() / 2 + 0.5).clamp(0, 1).cpu()
     if output_type == "pt":
-        return pt
+        return {"images": pt}
     arr = pt.permute(0, 2, 3, 1).numpy()
     if output_type == "np":
-        return arr
-    return [PIL.Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+        return {"images": arr}
+    return {"images": [PIL.Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]}
 
 
-_OUTPUTS: dict[str, tuple[type, Callable[[torch.Tensor, str], Any]]] = {
-    "image": (ARImagePipelineOutput, to_output_images),
+def to_output_audios(audio_B1T: torch.Tensor | None, output_type: str, tokenizer: Any) -> dict[str, Any]:
+    """Waveforms ``[B, 1, T]`` → ``audios`` ``[B, T]`` in [-1, 1] ("pt" tensor or "np" array) and the codec's rate."""
+    if audio_B1T is None:
+        return {"audios": None, "sample_rate": int(tokenizer.sample_rate)}
+    pt = audio_B1T.float().clamp(-1, 1)[:, 0].cpu()
+    return {"audios": pt if output_type == "pt" else pt.numpy(), "sample_rate": int(tokenizer.sample_rate)}
+
+
+@dataclass(frozen=True)
+class _Output:
+    """How one modality's decoded samples become its pipeline output."""
+
+    output_class: type
+    convert: Callable[[torch.Tensor | None, str, Any], dict[str, Any]]  # (decoded or None, output_type, tokenizer)
+    sample_field: str
+    output_types: tuple[str, ...]
+    default: str
+
+
+_OUTPUTS: dict[str, _Output] = {
+    "image": _Output(ARImagePipelineOutput, to_output_images, "images", ("pil", "np", "pt", "tokens"), "pil"),
+    "audio": _Output(ARAudioPipelineOutput, to_output_audios, "audios", ("np", "pt", "tokens"), "np"),
 }
 
 
-def check_output_type(modality: str, output_type: str) -> None:
-    """Refuse an ``output_type`` the modality has no converter for, before anything is generated."""
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if modality not in _OUTPUTS and output_type != "tokens":
-        raise ValueError(f"output_type={output_type!r}: no pipeline output is defined for modality {modality!r} "
-                         f"(known: {sorted(_OUTPUTS)}); use output_type='tokens'")
+def check_output_type(modality: str, output_type: str | None) -> str:
+    """The ``output_type`` to use (None: the modality's default); refuses one the modality has no converter for,
+    before anything is generated."""
+    if output_type is not None and output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES} (or None for the default), got {output_type!r}")
+    if modality not in _OUTPUTS:
+        if output_type not in (None, "tokens"):
+            raise ValueError(f"output_type={output_type!r}: no pipeline output is defined for modality {modality!r} "
+                             f"(known: {sorted(_OUTPUTS)}); use output_type='tokens'")
+        return "tokens"
+    spec = _OUTPUTS[modality]
+    if output_type is None:
+        return spec.default
+    if output_type not in spec.output_types:
+        raise ValueError(f"output_type={output_type!r} is not defined for {modality}; choose one of {spec.output_types}")
+    return output_type
 
 
-def make_output(tokenizer: Any, decoded: torch.Tensor | None, tokens: Any, *, output_type: str, return_dict: bool) -> Any:
+def make_output(tokenizer: Any, decoded: torch.Tensor | None, tokens: Any, *, output_type: str | None, return_dict: bool) -> Any:
     """The output of the tokenizer's modality (or the ``(samples, tokens)`` tuple with ``return_dict=False``)."""
     modality = tokenizer.modality
-    check_output_type(modality, output_type)
+    output_type = check_output_type(modality, output_type)
     if modality not in _OUTPUTS:
         return (None, tokens) if not return_dict else ARPipelineOutput(tokens)
-    output_class, convert = _OUTPUTS[modality]
-    samples = None if decoded is None else convert(decoded, output_type)
+    spec = _OUTPUTS[modality]
+    fields = spec.convert(decoded, output_type, tokenizer)
     if not return_dict:
-        return (samples, tokens)
-    return output_class(samples, tokens)
+        return (fields[spec.sample_field], tokens)
+    return spec.output_class(**fields, tokens=tokens)

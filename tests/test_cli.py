@@ -74,7 +74,7 @@ def write_config(path: Path, tokenizer: Path, output_dir: Path, **extra: str) ->
     keys = {
         "kind": "generator", "pipeline": "NextTokenPipeline", "tokenizer": str(tokenizer),
         "gpt": "{dim: 32, n_layers: 1, n_heads: 2}",
-        "data": "{dataset: shapes, image_size: 16, num_images: 64}",
+        "data": "{dataset: shapes, image_size: 16, num_items: 64}",
         "optim": "{steps: 2, batch_size: 8}", "eval": "{samples_per_class: 1}", "checkpoint": "{every: 1}",
         "log_every": "1", "output_dir": str(output_dir), **extra,
     }
@@ -92,7 +92,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, saved: dict) -> dict:
     try:
         tokenize_rc = main(["tokenize", str(config), "--shard-size", "20", "--device", "cpu"])
         from_shards = write_config(root / "from_shards.yaml", saved["tok"], root / "run",
-                                   data=f"{{dataset: shapes, image_size: 16, num_images: 64, tokens: {root / 'run' / 'tokens'}}}")
+                                   data=f"{{dataset: shapes, image_size: 16, num_items: 64, tokens: {root / 'run' / 'tokens'}}}")
         train_rc = main(["train", str(from_shards)])
     finally:
         torch.set_num_threads(threads)
@@ -139,7 +139,7 @@ def test_generate_writes_pngs_and_a_manifest(saved, tmp_path, capsys):
                     "--seed", "5", "--guidance-scale", "2") == 0
     assert str(out) in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    images = manifest["images"]
+    images = manifest["samples"]
     assert [i["prompt"] for i in images] == ["a red circle"] * 2 + ["A Blue  Square"] * 2
     assert [i["class_id"] for i in images] == [CLASS_NAMES.index("a red circle")] * 2 + [CLASS_NAMES.index("a blue square")] * 2
     assert [i["seed"] for i in images] == [5, 6, 7, 8]
@@ -154,10 +154,10 @@ def test_generate_writes_pngs_and_a_manifest(saved, tmp_path, capsys):
 
 def test_generate_class_labels_and_unconditional(saved, tmp_path):
     assert generate(saved, tmp_path / "labels", "--class-label", "3", "--class-label", "20") == 0
-    labelled = json.loads((tmp_path / "labels" / "manifest.json").read_text())["images"]
+    labelled = json.loads((tmp_path / "labels" / "manifest.json").read_text())["samples"]
     assert [(i["class_id"], i["prompt"]) for i in labelled] == [(3, None), (20, None)]
     assert generate(saved, tmp_path / "free", "--num-samples", "3") == 0
-    free = json.loads((tmp_path / "free" / "manifest.json").read_text())["images"]
+    free = json.loads((tmp_path / "free" / "manifest.json").read_text())["samples"]
     assert [(i["class_id"], i["prompt"]) for i in free] == [(None, None)] * 3
     assert len(list((tmp_path / "free").glob("*.png"))) == 3
 
@@ -169,7 +169,7 @@ def test_same_seed_gives_identical_png_bytes(saved, tmp_path):
     assert generate(saved, tmp_path / "c", *args, "--seed", "12") == 0
 
     def by_seed(folder: str) -> dict[int, bytes]:
-        manifest = json.loads((tmp_path / folder / "manifest.json").read_text())["images"]
+        manifest = json.loads((tmp_path / folder / "manifest.json").read_text())["samples"]
         return {i["seed"]: (tmp_path / folder / i["file"]).read_bytes() for i in manifest}
 
     a, b, c = by_seed("a"), by_seed("b"), by_seed("c")
@@ -339,13 +339,13 @@ def test_tokenize_writes_shards_that_train_reads(trained, saved):
 def test_train_checks_the_paradigm_the_shards_were_extracted_for(trained, saved, tmp_path, capsys):
     other = write_config(tmp_path / "next_x.yaml", saved["tok"], tmp_path / "run", pipeline="NextXPipeline",
                          pipeline_args="{entity: token}",
-                         data=f"{{dataset: shapes, image_size: 16, num_images: 64, tokens: {trained['tokens']}}}")
+                         data=f"{{dataset: shapes, image_size: 16, num_items: 64, tokens: {trained['tokens']}}}")
     assert main(["train", str(other)]) == 2
     assert "extracted for NextTokenPipeline" in capsys.readouterr().err
     tokens, labels, meta = load_token_shards(trained["tokens"])
     save_token_shards(tmp_path / "grid", tokens.view(-1, 4, 4), labels, shard_size=64, meta=meta)  # not this run's sequences
     grid = write_config(tmp_path / "grid.yaml", saved["tok"], tmp_path / "run2",
-                        data=f"{{dataset: shapes, image_size: 16, num_images: 64, tokens: {tmp_path / 'grid'}}}")
+                        data=f"{{dataset: shapes, image_size: 16, num_items: 64, tokens: {tmp_path / 'grid'}}}")
     assert main(["train", str(grid)]) == 2
     assert "(4, 4); this run's NextTokenPipeline learns sequences of shape (16,)" in capsys.readouterr().err
 

@@ -1,20 +1,33 @@
-"""`mmgen demo`: every paradigm's pipeline generates every shapes prompt; PNGs, grids, manifest and HTML are written."""
+"""`mmgen demo`: every paradigm's pipeline generates every shapes prompt (PNGs, grids) and every tones prompt
+(WAVs, spectrograms); manifest and HTML are written."""
 
 import json
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 from PIL import Image
 
 from mmgen.app.cli import main
-from mmgen.app.demo import DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
+from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
-from mmgen.data import NUM_CLASSES, caption
+from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, tone_caption
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
+from tokenizers_audio import (
+    MultiScaleAudioCodec,
+    MultiScaleAudioConfig,
+    RVQAudioCodec,
+    RVQAudioConfig,
+    SingleCodebookAudioCodec,
+    SingleCodebookAudioConfig,
+)
 from tokenizers_visual import KLConfig, KLImageTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, VQConfig, VQImageTokenizer
 
 NAMES = [caption(c) for c in range(NUM_CLASSES)]
+TONE_NAMES = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
+RATE, CLIP = 16000, 4000  # 0.25 s: the shortest clip the tones judge reads
+TINY_CODEC = {"sample_rate": RATE, "clip_samples": CLIP, "strides": [4, 5], "base_channels": 4, "dim": 8, "codebook_size": 16}
 
 
 def _pipeline(cls: type, tokenizer: torch.nn.Module, **config) -> object:
@@ -40,9 +53,29 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_audio_checkpoints(tmp_path_factory) -> Path:
+    """One tiny random tones pipeline per audio paradigm, in the sub-folders the shipped ones use."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tones")
+    gpt = {"dim": 32, "n_layers": 1, "n_heads": 2}
+    codecs = {
+        "next-token-rvq": RVQAudioCodec(RVQAudioConfig(**TINY_CODEC, num_quantizers=4, generator_quantizers=2)),
+        "next-scale": MultiScaleAudioCodec(MultiScaleAudioConfig(**TINY_CODEC, codebook_dim=4)),
+        "next-token-single": SingleCodebookAudioCodec(SingleCodebookAudioConfig(**TINY_CODEC, decoder_dim=16, decoder_layers=1)),
+    }
+    for paradigm, codec in codecs.items():
+        cls = NextScalePipeline if paradigm == "next-scale" else NextTokenPipeline
+        options = {"codebook_pattern": "delay"} if paradigm == "next-token-rvq" else {}
+        conditioner = ClassConditioner(ClassConditionerConfig(dim=gpt["dim"], num_classes=NUM_TONE_CLASSES))
+        cls.from_tokenizer(codec.eval(), conditioner=conditioner, gpt=gpt, class_names=TONE_NAMES,
+                           null_condition_trained=True, **options).save_pretrained(root / paradigm)
+    return root
+
+
 def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
-    manifest = run_demo(checkpoints=tiny_checkpoints, out_dir=out, samples_per_prompt=2, seed=5)
+    manifest = run_demo(checkpoints=tiny_checkpoints, out_dir=out, samples_per_prompt=2, seed=5, audio_checkpoints=None)
     assert set(manifest["paradigms"]) == set(PARADIGMS)
     assert len(manifest["samples"]) == 3 * NUM_CLASSES * 2
     for paradigm, info in manifest["paradigms"].items():
@@ -62,26 +95,88 @@ def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_p
 
 
 def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp_path, one_torch_thread):
-    a = run_demo(checkpoints=tiny_checkpoints, out_dir=tmp_path / "a", paradigms=["next-token"])
-    b = run_demo(checkpoints=tiny_checkpoints, out_dir=tmp_path / "b", paradigms=["next-token"])
+    image_only = {"checkpoints": tiny_checkpoints, "paradigms": ["next-token"], "audio_checkpoints": None}
+    a = run_demo(out_dir=tmp_path / "a", **image_only)
+    b = run_demo(out_dir=tmp_path / "b", **image_only)
     assert [(tmp_path / "a" / s["file"]).read_bytes() for s in a["samples"]] == \
         [(tmp_path / "b" / s["file"]).read_bytes() for s in b["samples"]]
     with pytest.raises(FileExistsError, match="--overwrite"):
-        run_demo(checkpoints=tiny_checkpoints, out_dir=tmp_path / "a", paradigms=["next-token"])
-    run_demo(checkpoints=tiny_checkpoints, out_dir=tmp_path / "a", paradigms=["next-token"], overwrite=True)
+        run_demo(out_dir=tmp_path / "a", **image_only)
+    run_demo(out_dir=tmp_path / "a", overwrite=True, **image_only)
 
 
 def test_demo_command_reports_per_paradigm_and_fails_cleanly(tiny_checkpoints, tmp_path, capsys, one_torch_thread):
-    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "o"), "--paradigm", "next-scale"]) == 0
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "o"), "--paradigm", "next-scale",
+                 "--audio-checkpoints", str(tmp_path / "no-tones")]) == 0
     out = capsys.readouterr().out
     assert "next-scale: 21 samples, prompt adherence" in out and "index.html" in out
+    assert f"audio section skipped: no tones pipelines in {tmp_path / 'no-tones'}" in out
     assert main(["demo", "--checkpoints", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
     assert "no shipped pipeline" in capsys.readouterr().err
+
+
+
+def test_demo_writes_a_wav_and_a_spectrogram_per_clip(tiny_checkpoints, tiny_audio_checkpoints, tmp_path, one_torch_thread):
+    out = tmp_path / "demo"
+    manifest = run_demo(checkpoints=tiny_checkpoints, paradigms=["next-token"], audio_checkpoints=tiny_audio_checkpoints,
+                        out_dir=out, seed=3)
+    audio = manifest["audio"]
+    assert set(audio["paradigms"]) == set(AUDIO_PARADIGMS) and audio["skipped"] == {}
+    assert len(audio["samples"]) == 3 * NUM_TONE_CLASSES and len(manifest["samples"]) == NUM_CLASSES  # images untouched
+    for paradigm, info in audio["paradigms"].items():
+        rows = [s for s in audio["samples"] if s["paradigm"] == paradigm]
+        assert info["pipeline"] == AUDIO_PARADIGMS[paradigm] and info["num_samples"] == len(rows) == NUM_TONE_CLASSES
+        assert info["prompt_adherence"] == sum(s["right"] for s in rows) / len(rows) and info["seconds_per_sample"] > 0
+        assert [s["prompt"] for s in rows] == TONE_NAMES and [s["seed"] for s in rows[:3]] == [3, 4, 5]
+    first = audio["samples"][0]
+    assert set(first) >= {"file", "spectrogram", "paradigm", "prompt", "class_id", "seed", "seconds", "judged", "right"}
+    assert set(first["judged"]) == {"kind", "root"} and first["file"].startswith("tones/next-token-rvq/000-a-C4-tone-seed3")
+    for sample in audio["samples"]:
+        clip, rate = soundfile.read(out / sample["file"], dtype="float32")
+        assert rate == RATE and clip.shape == (CLIP,) and soundfile.info(out / sample["file"]).subtype == "PCM_16"
+        picture = Image.open(out / sample["spectrogram"])
+        assert picture.mode == "L" and picture.size == (CLIP // 128 + 1, 64)  # frames x mel bands
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    page = (out / "index.html").read_text()
+    assert page.count("<audio controls") == 3 * NUM_TONE_CLASSES and manifest["samples"][0]["file"] in page
+    assert all(s["file"] in page and s["spectrogram"] in page for s in audio["samples"])
+    assert all(info["description"] in page for info in audio["paradigms"].values())
+    assert f'title="seed {first["seed"]}, generated in' in page
+
+
+def test_absent_audio_is_skipped_by_default_and_an_error_when_asked_for(tiny_audio_checkpoints, tmp_path, one_torch_thread):
+    partial = tmp_path / "partial-tones"
+    partial.mkdir()
+    (partial / "next-token-single").symlink_to(tiny_audio_checkpoints / "next-token-single", target_is_directory=True)
+    manifest = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=partial, out_dir=tmp_path / "a")
+    assert list(manifest["audio"]["paradigms"]) == ["next-token-single"]
+    assert set(manifest["audio"]["skipped"]) == {"next-token-rvq", "next-scale"}
+    assert "next-scale: skipped, no pipeline in" in (tmp_path / "a" / "index.html").read_text()
+    none = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=tmp_path / "nothing", out_dir=tmp_path / "b")
+    assert none["audio"]["paradigms"] == {} and set(none["audio"]["skipped"]) == set(AUDIO_PARADIGMS)
+    with pytest.raises(FileNotFoundError, match=r"no shipped audio pipeline for \['next-scale'\].*--audio-checkpoints"):
+        run_demo(paradigms=[], audio_checkpoints=partial, audio_paradigms=["next-scale"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown audio paradigm"):
+        run_demo(paradigms=[], audio_checkpoints=partial, audio_paradigms=["next-x"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="needs audio_checkpoints"):
+        run_demo(paradigms=[], audio_checkpoints=None, audio_paradigms=["next-scale"], out_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_demo_command_reports_audio_adherence_and_refuses_a_missing_one(tiny_checkpoints, tiny_audio_checkpoints, tmp_path,
+                                                                         capsys, one_torch_thread):
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
+                 "--audio-checkpoints", str(tiny_audio_checkpoints), "--audio-paradigm", "next-scale"]) == 0
+    out = capsys.readouterr().out
+    assert f"tones/next-scale: {NUM_TONE_CLASSES} samples, prompt adherence" in out and f"{NUM_TONE_CLASSES} WAVs" in out
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "p"),
+                 "--audio-checkpoints", str(tmp_path / "missing"), "--audio-paradigm", "next-token-rvq"]) == 2
+    assert "no shipped audio pipeline for ['next-token-rvq']" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (DEFAULT_CHECKPOINTS / "next-token" / "model_index.json").is_file(), reason="no shipped checkpoints")
 def test_shipped_checkpoints_follow_their_prompts(tmp_path, one_torch_thread):
     """The repository's own demo: each paradigm's shipped pipeline draws what the prompts ask for."""
-    manifest = run_demo(out_dir=tmp_path / "demo")
+    manifest = run_demo(out_dir=tmp_path / "demo", audio_checkpoints=None)
     for paradigm, info in manifest["paradigms"].items():
         assert info["prompt_adherence"] >= 0.8, (paradigm, info)

@@ -85,6 +85,7 @@ class RVQCodec:
     """Audio-like codec: frames ``[B, T, F]`` -> ``[B, T, K]`` ids, codebook k the nearest code of a fixed projection."""
 
     modality = "audio"
+    sample_rate = 16000  # audio tokenizers name the rate of the waveforms they decode to
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -240,6 +241,7 @@ class PyramidCodec:
     """
 
     modality = "audio"
+    sample_rate = 16000  # audio tokenizers name the rate of the waveforms they decode to
     context_dim = LATENT
 
     def __init__(self) -> None:

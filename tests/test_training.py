@@ -57,7 +57,7 @@ def generator_config(tokenizer: Path, output_dir: Path, **changes: object) -> di
     values = {
         "kind": "generator", "pipeline": "NextTokenPipeline", "tokenizer": str(tokenizer),
         "gpt": {"dim": 32, "n_layers": 1, "n_heads": 2}, "cond_drop_prob": 0.5,
-        "data": {"dataset": "shapes", "num_images": 64, "image_size": 16},
+        "data": {"dataset": "shapes", "num_items": 64, "image_size": 16},
         "optim": {"steps": 8, "batch_size": 8, "lr": "1e-3", "warmup_steps": 2, "ema_decay": 0.9},
         "eval": {"samples_per_class": 1, "every": 4},
         "checkpoint": {"every": 3, "keep": 2},
@@ -69,9 +69,9 @@ def generator_config(tokenizer: Path, output_dir: Path, **changes: object) -> di
 def tokenizer_config(output_dir: Path, **changes: object) -> dict:
     values = {
         "kind": "tokenizer", "tokenizer": {"class": "VQImageTokenizer", **VQ_FIELDS, "dead_code_steps": 1},
-        "data": {"dataset": "shapes", "num_images": 64, "image_size": 16},
+        "data": {"dataset": "shapes", "num_items": 64, "image_size": 16},
         "optim": {"steps": 7, "batch_size": 8, "lr": 2e-3, "grad_accum_steps": 2},
-        "eval": {"num_images": 8},
+        "eval": {"num_items": 8},
         "checkpoint": {"every": 2, "keep": 2},
         "log_every": 1, "threads": 1, "output_dir": str(output_dir),
     }
@@ -169,7 +169,7 @@ def test_tokenizer_with_workers_and_accumulation_resumes_exactly(tmp_path, monke
     reference = tmp_path / "uninterrupted"
     Trainer(config_from_mapping(TrainConfig, {**values, "output_dir": str(reference)})).fit()
 
-    cfg = config_from_mapping(TrainConfig, {**values, "eval": {"num_images": 8, "every": 3}})
+    cfg = config_from_mapping(TrainConfig, {**values, "eval": {"num_items": 8, "every": 3}})
     with monkeypatch.context() as patch:
         interrupt_at(patch, 5)
         with pytest.raises(Interrupted):
@@ -315,7 +315,7 @@ def test_a_local_hugging_face_dataset_trains_a_labelled_generator(tokenizer_dir,
     from PIL import Image
 
     from mmgen.data import ShapesDataset
-    from mmgen.app.training.data import build_image_source
+    from mmgen.app.training.data import build_source
 
     shapes = ShapesDataset(size=24, length=42, seed=3).batch(range(42))
     pixels = ((shapes["image"] + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
@@ -324,9 +324,13 @@ def test_a_local_hugging_face_dataset_trains_a_labelled_generator(tokenizer_dir,
     table.save_to_disk(str(tmp_path / "hf"))
     data = {"dataset": "hf", "path": str(tmp_path / "hf"), "image_column": "picture", "label_column": "label", "image_size": 16}
 
+    unsized = load_config(write_config(tmp_path / "unsized.yaml", generator_config(tokenizer_dir, tmp_path / "run", data=data)))
+    with pytest.raises(ValueError, match="conditioner.num_classes"):  # labels of the user's own data: their count is not guessed
+        Trainer(unsized)
     cfg = load_config(write_config(tmp_path / "hf.yaml", generator_config(tokenizer_dir, tmp_path / "run", data=data,
+                                                                          conditioner={"num_classes": 21},
                                                                           eval={"every": 0}, checkpoint={"every": 0})))
-    source = build_image_source(cfg.data)
+    source = build_source(cfg.data)
     batch = source.batch([0, 5])
     assert len(source) == 42 and batch["image"].shape == (2, 3, 16, 16)
     assert batch["class_id"].tolist() == [0, 5] and batch["image"].abs().max() <= 1.0
@@ -335,7 +339,7 @@ def test_a_local_hugging_face_dataset_trains_a_labelled_generator(tokenizer_dir,
     bad = load_config(write_config(tmp_path / "bad.yaml", generator_config(tokenizer_dir, tmp_path / "run2",
                                                                            data={**data, "image_column": "img"})))
     with pytest.raises(ValueError, match="image_column 'img'"):
-        build_image_source(bad.data)
+        build_source(bad.data)
 
 
 def test_text_conditioned_generator_trains_and_follows_prompts_api(tokenizer_dir, tmp_path):
@@ -383,7 +387,7 @@ def test_text_encoder_conditioned_generator_trains_and_loads_without_the_encoder
     exported, samples = tmp_path / "run" / "pipeline", tmp_path / "samples"
     assert main(["generate", str(exported), "--prompt", "a red circle", "--num-samples", "2", "--guidance-scale", "2",
                  "--out", str(samples), "--device", "cpu"]) == 0
-    images = json.loads((samples / "manifest.json").read_text())["images"]
+    images = json.loads((samples / "manifest.json").read_text())["samples"]
     assert [(i["prompt"], i["class_id"]) for i in images] == [("a red circle", None)] * 2
     assert main(["info", str(exported / "conditioner")]) == 0
     text = capsys.readouterr().out

@@ -15,11 +15,11 @@ import torch
 
 from mmgen.files import write_atomically
 
-from .demo import DEFAULT_CHECKPOINTS
+from .demo import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Every shapes prompt with each paradigm's shipped checkpoint: PNGs, grids, manifest.json and index.html."""
+    """Every shapes and tones prompt with each paradigm's shipped checkpoint: PNGs, grids, WAVs, manifest.json and index.html."""
     from diffusers.utils import logging as diffusers_logging
 
     from .demo import run_demo
@@ -27,12 +27,21 @@ def _demo(args: argparse.Namespace) -> int:
     diffusers_logging.disable_progress_bar()  # diffusers' "Loading pipeline components" bars; the demo prints a summary
     start = time.perf_counter()
     manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
-                        seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm)
-    for paradigm, info in manifest["paradigms"].items():
-        print(f"{paradigm:>10}: {info['num_samples']} samples, prompt adherence {info['prompt_adherence']:.0%}, "
+                        seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm,
+                        audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm)
+    audio = manifest["audio"]
+    rows = [*manifest["paradigms"].items(), *((f"tones/{p}", info) for p, info in audio["paradigms"].items())]
+    width = max((len(name) for name, _ in rows), default=0)
+    for paradigm, info in rows:
+        print(f"{paradigm:>{width}}: {info['num_samples']} samples, prompt adherence {info['prompt_adherence']:.0%}, "
               f"{info['seconds_per_sample'] * 1000:.0f} ms/sample")
-    print(f"wrote {len(manifest['samples'])} PNGs, grids, manifest.json and index.html to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s")
+    if audio["skipped"] and not audio["paradigms"]:
+        print(f"audio section skipped: no tones pipelines in {args.audio_checkpoints} (pass --audio-checkpoints DIR)")
+    else:
+        for paradigm, why in audio["skipped"].items():
+            print(f"tones/{paradigm}: skipped, {why}")
+    print(f"wrote {len(manifest['samples'])} PNGs, grids, {len(audio['samples'])} WAVs with spectrograms, manifest.json "
+          f"and index.html to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -95,7 +104,7 @@ def _token_meta(cfg: Any, pipe: Any, tokens: torch.Tensor) -> dict[str, Any]:
     data = cfg.data
     meta: dict[str, Any] = {
         "pipeline": cfg.pipeline, "pipeline_args": cfg.pipeline_args, "tokenizer": cfg.tokenizer, "condition": cfg.condition,
-        "data": {"dataset": data.dataset, "path": data.path, "image_size": data.image_size, "num_images": data.num_images, "seed": data.seed},
+        "data": {"dataset": data.dataset, "path": data.path, "image_size": data.image_size, "num_items": data.num_items, "seed": data.seed},
         "token_shape": list(tokens.shape[1:]), "token_dtype": str(tokens.dtype).removeprefix("torch."),
     }
     if getattr(pipe.head, "latent_mean", None) is not None:  # continuous tokens: the statistics they are normalised by
@@ -107,7 +116,7 @@ def _token_meta(cfg: Any, pipe: Any, tokens: torch.Tensor) -> dict[str, Any]:
 def _tokenize(args: argparse.Namespace) -> int:
     """Encode a generator config's dataset once into token shards that `train` reads through data.tokens."""
     from .training import build_pipeline, encode_dataset, load_config
-    from .training.data import build_image_source, save_token_shards
+    from .training.data import build_source, save_token_shards
     from .training.trainer import fit_latent_statistics
 
     cfg = load_config(args.config)
@@ -118,9 +127,9 @@ def _tokenize(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     pipe = build_pipeline(cfg).to(args.device)
-    images = build_image_source(cfg.data)
-    fit_latent_statistics(pipe, images)  # continuous tokens are stored normalised by the data's statistics
-    tokens, labels = encode_dataset(pipe, images, batch_size=args.batch_size)
+    source = build_source(cfg.data)
+    fit_latent_statistics(pipe, source)  # continuous tokens are stored normalised by the data's statistics
+    tokens, labels = encode_dataset(pipe, source, batch_size=args.batch_size)
     shards = save_token_shards(folder, tokens, labels, shard_size=args.shard_size, meta=_token_meta(cfg, pipe, tokens))
     seconds = time.perf_counter() - start
     print(f"mmgen tokenize: {tokens.shape[0]} items ({cfg.pipeline}, tokens {tuple(tokens.shape[1:])} {tokens.dtype}) "
@@ -158,8 +167,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
-def _sample_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One entry per image: its condition, seed and file name; images of one condition are consecutive."""
+def _sample_plan(args: argparse.Namespace, *, suffix: str) -> list[dict[str, Any]]:
+    """One entry per sample: its condition, seed and file name; samples of one condition are consecutive."""
     if args.prompt:
         conditions = [{"prompt": p, "class_id": None} for p in args.prompt]
     elif args.class_label:
@@ -171,7 +180,7 @@ def _sample_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for _ in range(args.num_samples):
             index, seed = len(plan), args.seed + len(plan)
             name = _slug(cond["prompt"]) if cond["prompt"] else f"class-{cond['class_id']}" if cond["class_id"] is not None else "unconditional"
-            plan.append({**cond, "seed": seed, "file": f"{index:04d}-{name}-seed{seed}.png"})
+            plan.append({**cond, "seed": seed, "file": f"{index:04d}-{name}-seed{seed}{suffix}"})
     return plan
 
 
@@ -218,30 +227,48 @@ def _condition_kwargs(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {"num_samples_per_prompt": len(batch)}
 
 
+def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generators: list[torch.Generator],
+                   options: dict[str, Any]) -> None:
+    """Generate one batch and write each sample to its file: a PNG per image, a 16-bit WAV per audio clip."""
+    if pipe.tokenizer.modality == "audio":
+        import soundfile
+
+        result = pipe(**_condition_kwargs(batch), generator=generators, output_type="np", **options)
+        out.mkdir(parents=True, exist_ok=True)
+        for item, clip in zip(batch, result.audios):
+            write_atomically(out / item["file"], lambda tmp, clip=clip: soundfile.write(str(tmp), clip, result.sample_rate,
+                                                                                         subtype="PCM_16", format="WAV"))
+        return
+    images = pipe(**_condition_kwargs(batch), generator=generators, output_type="pil", **options).images
+    out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
+    for item, image in zip(batch, images):
+        write_atomically(out / item["file"], lambda tmp, image=image: image.save(tmp, format="PNG"))
+
+
 def _generate(args: argparse.Namespace) -> int:
-    """Images from a saved pipeline, one PNG per sample (seed = --seed + index) and a manifest.json."""
+    """Samples from a saved pipeline, one PNG (images) or WAV (audio) per sample (seed = --seed + index) and a manifest.json."""
     source = _pipeline_source(args.pipeline)
-    plan = _sample_plan(args)
     out = Path(args.out)
-    _check_targets(out, plan, overwrite=args.overwrite)
+    _check_targets(out, [], overwrite=args.overwrite)
     pipe = _load_pipeline(source).to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    plan = _sample_plan(args, suffix=".wav" if pipe.tokenizer.modality == "audio" else ".png")
+    _check_targets(out, plan, overwrite=args.overwrite)
     options = _call_options(pipe, args)
     _resolve_classes(pipe, plan)
     for first in range(0, len(plan), args.batch_size):
         batch = plan[first:first + args.batch_size]
         generators = [torch.Generator().manual_seed(item["seed"]) for item in batch]
         start = time.perf_counter()
-        images = pipe(**_condition_kwargs(batch), generator=generators, output_type="pil", **options).images
+        _write_samples(pipe, batch, out, generators=generators, options=options)
         seconds = (time.perf_counter() - start) / len(batch)
-        out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
-        for item, image in zip(batch, images):
-            write_atomically(out / item["file"], lambda tmp, image=image: image.save(tmp, format="PNG"))
+        for item in batch:
             item["seconds"] = seconds
-    manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "options": options, "images": plan}
+    manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "modality": pipe.tokenizer.modality,
+                "options": options, "samples": plan}
     write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     total = sum(item["seconds"] for item in plan)
-    print(f"mmgen generate: {len(plan)} image(s) from {source} written to {out} ({total:.2f} s); see {out / MANIFEST}")
+    print(f"mmgen generate: {len(plan)} sample(s) from {source} written to {out} ({total:.2f} s); see {out / MANIFEST}")
     return 0
 
 
@@ -283,15 +310,15 @@ def _add_tokenize(commands: Any) -> None:
     cmd.add_argument("--output-dir", type=Path, default=None,
                      help="empty or new folder for the shards (default: the config's data.tokens, else <output_dir>/tokens)")
     cmd.add_argument("--shard-size", type=_positive_int, default=16384, help="items per shard file (default 16384)")
-    cmd.add_argument("--batch-size", type=_positive_int, default=256, help="images encoded at once (default 256)")
+    cmd.add_argument("--batch-size", type=_positive_int, default=256, help="samples encoded at once (default 256)")
     cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
     cmd.set_defaults(run=_tokenize)
 
 
 def _add_generate(commands: Any) -> None:
-    cmd = _command(commands, "generate", summary="generate PNG images with a saved pipeline (folder or hub repo)",
+    cmd = _command(commands, "generate", summary="generate images (PNG) or audio (WAV) with a saved pipeline (folder or hub repo)",
                    description="Load a pipeline saved with save_pretrained (a local folder or a hub repo id) and write one "
-                               "PNG per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
+                               "PNG (images) or 16-bit WAV (audio) per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
                                "Sample i is drawn with seed --seed + i, so a rerun reproduces it exactly. Without "
                                "--prompt or --class-label the samples are unconditional.",
                    example='mmgen generate outputs/shapes32/next-token/pipeline --prompt "a red circle" --num-samples 4 --guidance-scale 3')
@@ -299,17 +326,17 @@ def _add_generate(commands: Any) -> None:
     which = cmd.add_mutually_exclusive_group()
     which.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable); class models match it to their class names")
     which.add_argument("--class-label", action="append", type=int, default=None, help="a class id (repeatable)")
-    cmd.add_argument("--num-samples", type=_positive_int, default=1, help="images per prompt / class label (default 1)")
-    cmd.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
+    cmd.add_argument("--num-samples", type=_positive_int, default=1, help="samples per prompt / class label (default 1)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i (default 0)")
     cmd.add_argument("--guidance-scale", type=float, default=1.0,
                      help="classifier-free guidance; != 1 needs a pipeline trained with a null condition (default 1.0)")
     cmd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     cmd.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens, 0 = all (default 0)")
     cmd.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
     cmd.add_argument("--num-flow-steps", type=_positive_int, default=None, help="flow steps per entity (NextXPipeline with a flow head)")
-    cmd.add_argument("--batch-size", type=_positive_int, default=16, help="images generated at once (default 16)")
+    cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
     cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
-    cmd.add_argument("--overwrite", action="store_true", help="replace images / manifest already in --out")
+    cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
     cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
     cmd.set_defaults(run=_generate)
 
@@ -342,10 +369,12 @@ def _add_upgrade(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = _command(commands, "demo", summary="generate the shapes prompts with every paradigm's shipped checkpoint",
+    demo = _command(commands, "demo", summary="generate the shapes and tones prompts with every paradigm's shipped checkpoint",
                     description="Load the tiny shipped pipelines (next-token, next-scale, next-X; checkpoints/shapes32), generate "
                                 "every shapes prompt with each, judge the pixels, and write one PNG per sample, a grid per "
-                                "paradigm, manifest.json and index.html. No downloads.",
+                                "paradigm, manifest.json and index.html. Then the same for the tones prompts with the audio "
+                                "pipelines in checkpoints/tones (next-token-rvq, next-scale, next-token-single; skipped when "
+                                "absent): one WAV and spectrogram PNG per clip under tones/. No downloads.",
                     example="mmgen demo --out mmgen-demo")
     demo.add_argument("--out", type=Path, default=Path("mmgen-demo"), help="output folder (default ./mmgen-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
@@ -355,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only this paradigm (repeatable; default: all three)")
     demo.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
                       help="folder with next-token/, next-scale/, next-x/ pipelines (default: the shipped ones)")
+    demo.add_argument("--audio-checkpoints", type=Path, default=AUDIO_CHECKPOINTS,
+                      help=f"folder with {'/, '.join(AUDIO_PARADIGMS)}/ tones pipelines (default: the shipped ones; "
+                           "absent ones are skipped)")
+    demo.add_argument("--audio-paradigm", action="append", choices=list(AUDIO_PARADIGMS), default=None,
+                      help="only this audio paradigm, which must then exist (repeatable; default: every one present)")
     demo.set_defaults(run=_demo)
     train = _command(commands, "train", summary="train a tokenizer or a generator from a YAML config (accelerate)",
                      description="Train what a YAML run config describes; checkpoints, metrics.jsonl, eval.json and the "

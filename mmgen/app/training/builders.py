@@ -17,17 +17,17 @@ from typing import Any
 import torch
 
 from mmgen.conditioning import ByteTextConditioner, ClassConditioner, Conditioner, TextEncoderConditioner
-from mmgen.data import NUM_CLASSES, caption
 from mmgen.gpt import GPTConfig
 from mmgen.hub import config_from_dict
 from mmgen.text_encoders import write_word_level_bert
 
 from .config import TrainConfig
+from .data import class_captions
 
 __all__ = ["build_tokenizer", "load_tokenizer", "build_pipeline", "build_conditioner", "tokenizer_class"]
 
 TOKENIZER_PACKAGES = ("tokenizers_visual", "tokenizers_audio")
-TEXT_MAX_LEN = 24  # bytes; the longest shapes caption, "a magenta triangle", has 18
+TEXT_MAX_LEN = 24  # bytes; the longest built-in captions: "a magenta triangle" 18, "a falling chirp from C4" 23
 
 
 def tokenizer_class(name: object, *, source: str) -> type:
@@ -62,7 +62,12 @@ def build_conditioner(cfg: TrainConfig, *, dim: int) -> Conditioner:
     """The conditioner a run asks for: ``condition`` (class / text / text_encoder) with the ``conditioner`` fields."""
     fields = dict(cfg.conditioner)
     if cfg.condition == "class":
-        fields.setdefault("num_classes", NUM_CLASSES)
+        captions = class_captions(cfg.data.dataset)
+        if captions is not None:
+            fields.setdefault("num_classes", len(captions))
+        elif "num_classes" not in fields:
+            raise ValueError(f"conditioner.num_classes: data.dataset {cfg.data.dataset!r} has no built-in classes, "
+                             "so a class-conditional run must say how many classes its labels hold")
         return ClassConditioner(config_from_dict(ClassConditioner.config_class, {"dim": dim, **fields}, source="conditioner"))
     fields.setdefault("max_len", TEXT_MAX_LEN)
     if cfg.condition == "text":
@@ -88,6 +93,7 @@ def build_pipeline(cfg: TrainConfig) -> Any:
     tokenizer = load_tokenizer(cfg.tokenizer).eval().requires_grad_(False)
     conditioner = build_conditioner(cfg, dim=cfg.gpt.get("dim", GPTConfig.dim))
     options = dict(cfg.pipeline_args)
-    if cfg.condition == "class" and cfg.data.dataset == "shapes":
-        options["class_names"] = [caption(c) for c in range(NUM_CLASSES)]
+    captions = class_captions(cfg.data.dataset)
+    if cfg.condition == "class" and captions is not None:
+        options["class_names"] = captions
     return getattr(pipelines, cfg.pipeline).from_tokenizer(tokenizer, conditioner=conditioner, gpt=cfg.gpt, head=cfg.head, **options)

@@ -20,7 +20,7 @@ __all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "Train
 KINDS = ("tokenizer", "generator")
 PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
 CONDITIONS = ("class", "text", "text_encoder")
-DATASETS = ("shapes", "folder", "hf")
+DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # half precision halves shipped checkpoints; they load as float32
@@ -28,9 +28,11 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # half precision halves ship
 
 @dataclass
 class DataConfig:
-    """Images to learn from: built-in ``shapes``, a ``folder`` of images, or a local Hugging Face ``hf`` dataset.
+    """What to learn from. Images: built-in ``shapes``, a ``folder`` of images, or a local Hugging Face ``hf``
+    dataset, at ``image_size``. Audio: built-in ``tones`` or an ``audio_folder`` of WAV/FLAC files, as clips of
+    ``clip_seconds`` at ``sample_rate``.
 
-    ``num_images`` caps how many are used (shapes: how many are rendered); ``tokens`` names a folder written
+    ``num_items`` caps how many are used (shapes, tones: how many are rendered); ``tokens`` names a folder written
     by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
     ``num_workers`` processes prepare the batches of the coming steps (0: the training process does); the
     batch of a step is the same either way.
@@ -41,7 +43,9 @@ class DataConfig:
     image_column: str = "image"
     label_column: str | None = None
     image_size: int = 32
-    num_images: int = 16384
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    num_items: int = 16384
     seed: int = 0
     num_workers: int = 0
     tokens: str | None = None
@@ -71,7 +75,10 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """What the final (and periodic) evaluation runs. Generators: prompt adherence on the shapes classes."""
+    """What the final (and periodic) evaluation runs. Generators: prompt adherence on the classes of the built-in
+    set they learnt (shapes, tones), judged by code. Tokenizers: reconstruction of ``num_items`` held-out items;
+    audio codecs on clips of ``clip_seconds`` (default: the training clips' ``data.clip_seconds``), so a codec
+    trained on short crops is still measured on whole clips."""
 
     every: int = 0
     samples_per_class: int = 10
@@ -83,7 +90,8 @@ class EvalConfig:
     top_p: float = 1.0
     min_p: float = 0.0
     num_flow_steps: int | None = None
-    num_images: int = 256
+    num_items: int = 256
+    clip_seconds: float | None = None
 
 
 @dataclass
@@ -136,7 +144,7 @@ class TrainConfig:
                 raise ValueError("tokenizer: a generator config names the folder of a trained tokenizer (a string)")
         elif not isinstance(self.tokenizer, dict) or "class" not in self.tokenizer:
             raise ValueError("tokenizer: a tokenizer config is a mapping with a 'class' key and the config fields")
-        for name in ("optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
+        for name in ("data.sample_rate", "data.image_size", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
                      "eval.batch_size", "checkpoint.keep"):
             value = _lookup(self, name)
             if value < 1:
@@ -146,6 +154,10 @@ class TrainConfig:
             value = _lookup(self, name)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in ("data.clip_seconds", "eval.clip_seconds"):
+            value = _lookup(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if self.optim.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.optim.lr}")
         if self.threads is not None and self.threads < 1:

@@ -1,4 +1,7 @@
-"""Training data: image sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
+"""Training data: image and audio sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
+
+A source's ``modality`` ("image", "audio") names the key its batches hold the samples under; labelled
+built-in sets (shapes, tones) also give their class count and captions (:func:`class_captions`).
 
 Every step's batch is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a resumed run sees
 exactly the data an uninterrupted one would, and each process of a multi-process run takes its own
@@ -19,12 +22,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from mmgen.data import ImageFolder, ShapesDataset
+from mmgen.data import (
+    NUM_CLASSES,
+    NUM_TONE_CLASSES,
+    AudioFolder,
+    ImageFolder,
+    ShapesDataset,
+    TonesDataset,
+    caption,
+    tone_caption,
+)
 from mmgen.files import write_atomically
 
 from .config import DataConfig
 
-__all__ = ["build_image_source", "batch_indices", "step_seed", "TokenSource", "StepBatches", "step_batches", "HFImageSource",
+__all__ = ["build_source", "class_captions", "batch_indices", "step_seed", "TokenSource", "StepBatches", "step_batches", "HFImageSource",
            "save_token_shards", "load_token_shards"]
 
 SHARD_INDEX = "tokens.json"
@@ -32,6 +44,8 @@ SHARD_INDEX = "tokens.json"
 
 class HFImageSource:
     """A local Hugging Face ``datasets`` folder (``save_to_disk`` or files ``load_dataset`` reads), resized to ``size``."""
+
+    modality = "image"
 
     def __init__(self, path: str, *, size: int, image_column: str, label_column: str | None) -> None:
         try:
@@ -64,15 +78,28 @@ class HFImageSource:
         return {"image": torch.stack(images), "class_id": torch.as_tensor(labels, dtype=torch.long), "caption": [""] * len(images)}
 
 
-def build_image_source(cfg: DataConfig) -> Any:
-    """The dataset a :class:`DataConfig` names, with ``len`` and ``batch(indices)``."""
+def build_source(cfg: DataConfig) -> Any:
+    """The dataset a :class:`DataConfig` names, with ``modality``, ``len`` and ``batch(indices)``."""
     if cfg.dataset == "shapes":
-        return ShapesDataset(size=cfg.image_size, length=cfg.num_images, split="train", seed=cfg.seed)
+        return ShapesDataset(size=cfg.image_size, length=cfg.num_items, split="train", seed=cfg.seed)
+    if cfg.dataset == "tones":
+        return TonesDataset(length=cfg.num_items, split="train", seed=cfg.seed, sample_rate=cfg.sample_rate, seconds=cfg.clip_seconds)
     if cfg.path is None:
         raise ValueError(f"data.path is required for data.dataset: {cfg.dataset}")
     if cfg.dataset == "folder":
         return ImageFolder(cfg.path, size=cfg.image_size)
+    if cfg.dataset == "audio_folder":
+        return AudioFolder(cfg.path, sample_rate=cfg.sample_rate, seconds=cfg.clip_seconds)
     return HFImageSource(cfg.path, size=cfg.image_size, image_column=cfg.image_column, label_column=cfg.label_column)
+
+
+def class_captions(dataset: str) -> list[str] | None:
+    """The captions of a labelled built-in set's classes, in class-id order (None for unlabelled data)."""
+    if dataset == "shapes":
+        return [caption(c) for c in range(NUM_CLASSES)]
+    if dataset == "tones":
+        return [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
+    return None
 
 
 def batch_indices(*, seed: int, step: int, batch_size: int, num_items: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:

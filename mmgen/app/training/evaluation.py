@@ -1,4 +1,10 @@
-"""Evaluations a run reports: reconstruction for tokenizers, prompt adherence for generators."""
+"""Evaluations a run reports: reconstruction for tokenizers, prompt adherence for generators, per modality.
+
+Image tokenizers: PSNR / SSIM on held-out shapes and photo crops. Audio codecs: SI-SDR, mel and STFT
+distance on held-out tones and on espeak-ng speech (out of domain), per codebook count where the codec
+encodes at several bitrates, and how often the tones judge still reads the class of a reconstruction.
+Generators: adherence on the classes of the built-in set they learnt (shapes or tones).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,27 @@ from typing import Any
 
 import torch
 
-from mmgen.data import PhotoCrops, ShapesDataset
-from mmgen.metrics import codebook_usage, prompt_adherence, psnr, ssim
+from mmgen.data import PhotoCrops, ShapesDataset, SpeechClips, TonesDataset
+from mmgen.metrics import (
+    codebook_usage,
+    codebook_usage_per_level,
+    mel_distance,
+    prompt_adherence,
+    psnr,
+    si_sdr,
+    ssim,
+    stft_distance,
+    tone_adherence,
+)
 from mmgen.sampling import GuidanceSchedule
 
 from .config import TrainConfig
 
-__all__ = ["evaluate_tokenizer", "evaluate_generator", "reconstruction_metrics", "save_grid"]
+__all__ = ["evaluate_tokenizer", "evaluate_generator", "reconstruction_metrics", "audio_reconstruction_metrics", "save_grid",
+           "write_wavs"]
+
+SPEECH_CLIPS = 24  # espeak-ng clips in the out-of-domain check (about 1 s of rendering each batch of 12)
+WAVS_PER_RUN = 28  # generated clips written as WAV files next to eval.json (one per tones class)
 
 
 def _integer_tensors(tokens: Any) -> list[torch.Tensor]:
@@ -65,9 +85,71 @@ def reconstruction_metrics(tok: torch.nn.Module, images: torch.Tensor, *, class_
     return results
 
 
+@torch.no_grad()
+def audio_reconstruction_metrics(tok: torch.nn.Module, audio_B1T: torch.Tensor, *, class_ids: torch.Tensor | None = None,
+                                 batch_size: int = 32) -> dict[str, float]:
+    """SI-SDR, mel and STFT distance of ``decode(encode(audio))`` and codebook usage per level.
+
+    A codec that encodes at several bitrates (``encode(..., num_quantizers=k)``) is measured at k = 1, 2, 4, …
+    up to all its codebooks too (``si_sdr@q=k``). With ``class_ids`` (tones), ``judged_right``: the share of
+    reconstructions the tones judge reads as their class, the ceiling for a generator on these tokens.
+    """
+    was_training = tok.training
+    tok.eval()
+    try:
+        rate = int(tok.sample_rate)
+        reference = audio_B1T.float()
+
+        def scores(rec: torch.Tensor, suffix: str = "") -> dict[str, float]:
+            rec = rec[..., :reference.shape[-1]]
+            return {f"si_sdr{suffix}": si_sdr(rec, reference), f"mel_distance{suffix}": mel_distance(rec, reference, sample_rate=rate),
+                    f"stft_distance{suffix}": stft_distance(rec, reference)}
+
+        rec, ids = _reconstruct(tok, audio_B1T, batch_size=batch_size)
+        results = scores(rec)
+        if class_ids is not None:
+            results["judged_right"] = tone_adherence(rec[..., :reference.shape[-1]], class_ids, sample_rate=rate)
+        if ids and isinstance(getattr(tok, "codebook_size", None), int):
+            for level, usage in enumerate(_levels(tok, audio_B1T[:batch_size])):
+                results.update({f"{k}/level{level}": v for k, v in usage.items()})
+        if "num_quantizers" in inspect.signature(tok.encode).parameters:
+            total = int(tok.num_codebooks)
+            for k in sorted({2**i for i in range(int(math.log2(total)) + 1)} | {total}):
+                rec_k, _ = _reconstruct(tok, audio_B1T, batch_size=batch_size, num_quantizers=k)
+                results.update(scores(rec_k, f"@q={k}"))
+    finally:
+        tok.train(was_training)
+    return results
+
+
+def _levels(tok: torch.nn.Module, audio_B1T: torch.Tensor) -> list[dict[str, float]]:
+    """Codebook usage and perplexity of each level (codebook) over one batch of codes."""
+    tokens = tok.encode(audio_B1T)
+    if isinstance(tokens, (list, tuple)):  # a pyramid: one codebook per scale
+        return [codebook_usage(t.flatten(), tok.codebook_size) for t in tokens]
+    ids_BtK = tokens if tokens.dim() == 3 else tokens[..., None]
+    return codebook_usage_per_level(ids_BtK, tok.codebook_size)
+
+
+def _evaluate_codec(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Reconstruction of held-out tones and of espeak-ng speech at the codec's rate."""
+    n, rate = cfg.eval.num_items, cfg.data.sample_rate
+    seconds = cfg.eval.clip_seconds or cfg.data.clip_seconds
+    device = next(tok.parameters()).device
+    heldout = TonesDataset(length=n, split="heldout", seed=cfg.seed, sample_rate=rate, seconds=seconds).batch(range(n))
+    speech = SpeechClips(sample_rate=rate, seconds=seconds)
+    speech_audio = speech.batch(range(min(len(speech), SPEECH_CLIPS)))["audio"]
+    return {
+        "tones_heldout": audio_reconstruction_metrics(tok, heldout["audio"].to(device), class_ids=heldout["class_id"]),
+        "speech": audio_reconstruction_metrics(tok, speech_audio.to(device)),
+    }
+
+
 def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
-    """Reconstruction on held-out shapes and on crops of scikit-image's photos."""
-    n, size = cfg.eval.num_images, cfg.data.image_size
+    """Images: reconstruction on held-out shapes and on crops of scikit-image's photos. Audio: see :func:`_evaluate_codec`."""
+    if tok.modality == "audio":
+        return _evaluate_codec(tok, cfg)
+    n, size = cfg.eval.num_items, cfg.data.image_size
     heldout = ShapesDataset(size=size, length=n, split="heldout", seed=cfg.seed).batch(range(n))
     device = next(tok.parameters()).device
     photos = PhotoCrops(size=size, num_crops=max(2, n // 4), seed=cfg.seed).images_NCHW
@@ -78,14 +160,22 @@ def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]
 
 
 def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = None) -> dict[str, Any]:
-    """Prompt adherence over ``samples_per_class`` samples of each shapes class; a grid PNG in ``out_dir``."""
-    from pipelines.evaluate import shapes_adherence
+    """Prompt adherence over ``samples_per_class`` samples of each class of the built-in set (shapes or tones);
+    a grid PNG (shapes) or one WAV per class (tones) in ``out_dir``."""
+    from pipelines.evaluate import shapes_adherence, tones_adherence
 
     ev = cfg.eval
     kwargs: dict[str, Any] = {"guidance_scale": GuidanceSchedule(scale=ev.guidance_scale, kind=ev.guidance_kind),
                               "temperature": ev.temperature, "top_k": ev.top_k, "top_p": ev.top_p, "min_p": ev.min_p}
     if ev.num_flow_steps is not None:
         kwargs["num_flow_steps"] = ev.num_flow_steps
+    if cfg.data.dataset == "tones":
+        result = tones_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
+        audios, rate = result.pop("audios"), result.pop("sample_rate")
+        if out_dir is not None:
+            first_of_class = audios[::ev.samples_per_class][:WAVS_PER_RUN]
+            write_wavs(first_of_class, Path(out_dir) / "samples", sample_rate=rate, names=[f"class-{c:02d}" for c in range(len(first_of_class))])
+        return result
     if cfg.data.dataset != "shapes":
         return {}
     result = shapes_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
@@ -93,6 +183,22 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
     if out_dir is not None:
         save_grid(images, Path(out_dir) / "samples.png", rows=21)
     return result
+
+
+def write_wavs(audio_N1T: torch.Tensor, folder: Path, *, sample_rate: int, names: list[str]) -> list[Path]:
+    """One 16-bit WAV per clip (``names[i].wav``) in ``folder``, each written atomically."""
+    import soundfile
+
+    from mmgen.files import write_atomically
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for clip, name in zip(audio_N1T, names):
+        path = folder / f"{name}.wav"
+        data = clip.float().clamp(-1, 1).reshape(-1).cpu().numpy()
+        write_atomically(path, lambda tmp, data=data: soundfile.write(str(tmp), data, sample_rate, subtype="PCM_16", format="WAV"))
+        paths.append(path)
+    return paths
 
 
 def save_grid(images_NCHW: torch.Tensor, path: Path, *, rows: int) -> None:

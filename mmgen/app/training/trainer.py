@@ -41,7 +41,6 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmgen.data import caption
 from mmgen.files import write_text_atomically
 
 from .builders import build_pipeline, build_tokenizer
@@ -49,7 +48,8 @@ from .config import TrainConfig
 from .data import (
     StepBatches,
     TokenSource,
-    build_image_source,
+    build_source,
+    class_captions,
     load_token_shards,
     step_batches,
     step_seed,
@@ -59,7 +59,7 @@ from .ema import EMA
 __all__ = ["Trainer", "train", "encode_dataset", "list_checkpoints", "verify_checkpoint", "lr_factor", "weights_sha256", "CheckpointError"]
 
 CHECKPOINT_PREFIX = "step-"
-LATENT_STATS_IMAGES = 2048
+LATENT_STATS_ITEMS = 2048
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_LOG_FILE = "eval.jsonl"
@@ -84,15 +84,15 @@ class _TokenizerObjective(nn.Module):
 class _GeneratorObjective(nn.Module):
     """The trainable parts of a pipeline (conditioner, GPT, head) with the paradigm's loss as forward."""
 
-    def __init__(self, pipe: Any, *, condition: str, cond_drop_prob: float) -> None:
+    def __init__(self, pipe: Any, *, condition: str, cond_drop_prob: float, captions: list[str] | None) -> None:
         super().__init__()
         self.gpt, self.head, self.conditioner = pipe.gpt, pipe.head, pipe.conditioner
         self._pipe = [pipe]  # not a submodule: the frozen tokenizer is not trained
-        self.condition, self.cond_drop_prob = condition, cond_drop_prob
+        self.condition, self.cond_drop_prob, self.captions = condition, cond_drop_prob, captions
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         if self.condition != "class":
-            prompts = [caption(int(c)) for c in labels]
+            prompts = [self.captions[int(c)] for c in labels]
             return self._pipe[0].loss(tokens, prompt=prompts, cond_drop_prob=self.cond_drop_prob, generator=generator)
         return self._pipe[0].loss(tokens, class_labels=labels, cond_drop_prob=self.cond_drop_prob, generator=generator)
 
@@ -152,11 +152,16 @@ class Trainer:
         if cfg.kind == "tokenizer":
             self.model = build_tokenizer(cfg.tokenizer)
             objective: nn.Module = _TokenizerObjective(self.model)
-            source, fields = build_image_source(cfg.data), ("image",)
+            source = build_source(cfg.data)
+            fields: tuple[str, ...] = (source.modality,)
         else:
+            captions = class_captions(cfg.data.dataset)
+            if cfg.condition != "class" and captions is None:
+                raise ValueError(f"condition: {cfg.condition!r} needs captions; data.dataset {cfg.data.dataset!r} has none "
+                                 "(text conditioning trains on the built-in shapes or tones)")
             self.pipe = build_pipeline(cfg)
             self.model = self.pipe
-            objective = _GeneratorObjective(self.pipe, condition=cfg.condition, cond_drop_prob=cfg.cond_drop_prob)
+            objective = _GeneratorObjective(self.pipe, condition=cfg.condition, cond_drop_prob=cfg.cond_drop_prob, captions=captions)
             source, fields = self._generator_tokens(), ("tokens", "class_id")
         self.batches = StepBatches(source, fields=fields, seed=cfg.seed, batch_size=cfg.optim.batch_size,
                                    num_steps=cfg.optim.steps, rank=acc.process_index, world_size=acc.num_processes)
@@ -173,12 +178,13 @@ class Trainer:
     # ---- data ----------------------------------------------------------------------------------------
     def _generator_tokens(self) -> TokenSource:
         """Tokens and labels of the training images: read from ``data.tokens`` shards, or encoded once here."""
+        data = build_source(self.cfg.data)
         if self.cfg.data.tokens:
             tokens, labels, meta = load_token_shards(self.cfg.data.tokens)
             if meta.get("pipeline") != self.cfg.pipeline:
                 raise ValueError(f"data.tokens {self.cfg.data.tokens} were extracted for {meta.get('pipeline')}, not {self.cfg.pipeline}")
-            size = self.cfg.data.image_size
-            expected = tuple(self.pipe.tokenize(torch.zeros(1, 3, size, size, device=self.pipe.device)).shape[1:])
+            sample = data.batch([0])[data.modality].to(self.pipe.device)
+            expected = tuple(self.pipe.tokenize(sample).shape[1:])
             if tuple(tokens.shape[1:]) != expected:  # e.g. shards of an older mmgen, which stored latents channel-first
                 raise ValueError(f"data.tokens {self.cfg.data.tokens} hold tokens of shape {tuple(tokens.shape[1:])}; this run's "
                                  f"{self.cfg.pipeline} learns sequences of shape {expected}: extract them again with `mmgen tokenize`")
@@ -186,9 +192,8 @@ class Trainer:
                 self.pipe.head.latent_mean.copy_(torch.tensor(meta["latent_mean"]))
                 self.pipe.head.latent_std.copy_(torch.tensor(meta["latent_std"]))
             return TokenSource(tokens, labels)
-        images = build_image_source(self.cfg.data)
-        fit_latent_statistics(self.pipe, images)
-        return TokenSource(*encode_dataset(self.pipe, images, batch_size=256))
+        fit_latent_statistics(self.pipe, data)
+        return TokenSource(*encode_dataset(self.pipe, data, batch_size=256))
 
     def _micro_batches(self, batch: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """This process's share of a step split into ``grad_accum_steps`` micro-batches, on the device."""
@@ -370,7 +375,10 @@ class Trainer:
         cfg = self.cfg
         name = type(self.model).__name__
         module = type(self.model).__module__.split(".")[0]  # pipelines, tokenizers_visual or tokenizers_audio
-        data = (f"{cfg.data.dataset} ({cfg.data.num_images} images of {cfg.data.image_size}x{cfg.data.image_size}"
+        audio = cfg.data.dataset in ("tones", "audio_folder")
+        items = (f"clips of {cfg.data.clip_seconds:g} s at {cfg.data.sample_rate} Hz" if audio
+                 else f"images of {cfg.data.image_size}x{cfg.data.image_size}")
+        data = (f"{cfg.data.dataset} ({cfg.data.num_items} {items}"
                 f"{', path ' + cfg.data.path if cfg.data.path else ''}; seed {cfg.data.seed})")
         training = {"steps": report["steps"], "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
                     "processes": report["num_processes"], "train_seconds": round(report["train_seconds"], 1),
@@ -512,10 +520,10 @@ def _verify_file(path: Path, expected: dict[str, Any]) -> None:
                               "resume from an older checkpoint folder")
 
 
-def fit_latent_statistics(pipe: Any, images: Any, *, max_images: int = LATENT_STATS_IMAGES) -> None:
-    """Continuous tokens: fit the flow head's per-channel normalisation on up to ``max_images`` training images."""
+def fit_latent_statistics(pipe: Any, source: Any, *, max_items: int = LATENT_STATS_ITEMS) -> None:
+    """Continuous tokens: fit the flow head's per-channel normalisation on up to ``max_items`` training samples."""
     if callable(getattr(pipe.head, "set_latent_statistics", None)):
-        pipe.set_latent_statistics(images.batch(list(range(min(len(images), max_images))))["image"])
+        pipe.set_latent_statistics(source.batch(list(range(min(len(source), max_items))))[source.modality])
 
 
 @torch.no_grad()
@@ -575,12 +583,12 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 @torch.no_grad()
-def encode_dataset(pipe: Any, images: Any, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of ``images`` through ``pipe.tokenize``: ``(tokens, class labels)`` on the CPU."""
+def encode_dataset(pipe: Any, source: Any, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of ``source`` through ``pipe.tokenize``: ``(tokens, class labels)`` on the CPU."""
     tokens, labels = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images.batch(list(range(start, min(start + batch_size, len(images)))))
-        tokens.append(pipe.tokenize(batch["image"].to(pipe.device)).cpu())
+    for start in range(0, len(source), batch_size):
+        batch = source.batch(list(range(start, min(start + batch_size, len(source)))))
+        tokens.append(pipe.tokenize(batch[source.modality].to(pipe.device)).cpu())
         labels.append(torch.as_tensor(batch["class_id"]))
     return torch.cat(tokens), torch.cat(labels)
 
