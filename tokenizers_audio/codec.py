@@ -32,7 +32,9 @@ class CodecConfig:
     """Fields every codec of this package shares: audio, SEANet encoder, codebooks and loss weights.
 
     ``clip_samples`` is the training clip; the token spec (what a generator draws) is sized from it.
-    ``strides`` are the SEANet downsampling factors (their product is ``hop_length``). Codebooks learn by
+    ``strides`` are the SEANet downsampling factors (their product is ``hop_length``); ``weight_norm`` on its
+    convolutions speeds early training a lot (as in EnCodec), and is part of the saved config because it
+    changes the weights' names. Codebooks learn by
     EMA (``ema_decay``) after a k-means init; a code whose EMA hit count per step falls below
     ``dead_code_fraction`` of a uniform share (frames per step / ``codebook_size``) is replaced by a
     frame of the batch, which revives a codebook that collapsed while the encoder moved.
@@ -47,6 +49,7 @@ class CodecConfig:
     dim: int = 64
     num_res_blocks: int = 1
     kernel_size: int = 7
+    weight_norm: bool = True
     codebook_size: int = 4096
     codebook_dim: int | None = None
     ema_decay: float = 0.8
@@ -171,7 +174,7 @@ class WaveformCodecMixin:
     def _encoder_args(self) -> dict:
         cfg = self.cfg
         return dict(channels=1, dim=cfg.dim, base_channels=cfg.base_channels, strides=cfg.strides,
-                    num_res_blocks=cfg.num_res_blocks, kernel_size=cfg.kernel_size)
+                    num_res_blocks=cfg.num_res_blocks, kernel_size=cfg.kernel_size, weight_norm=cfg.weight_norm)
 
     def prepare_audio(self, audio_B1T: torch.Tensor, *, lengths: torch.Tensor | None = None,
                       sample_rate: int | None = None) -> torch.Tensor:
