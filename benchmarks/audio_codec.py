@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--causal", action="store_true", help="causal convolutions on both sides")
-    parser.add_argument("--lstm-layers", type=int, default=2, help="EnCodec's LSTM layers (2 as released; 0 = convolutions only)")
+    parser.add_argument("--lstm-layers", type=int, default=2, help="EnCodec's LSTM layers (2 as released; transformers' port needs at least 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ours, theirs = build_pair(causal=args.causal, lstm_layers=args.lstm_layers)
