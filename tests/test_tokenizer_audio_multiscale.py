@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from audio_fixtures import CLIP, SR, sines, state_of
 from pipeline_fixtures import build, gen
 
 from mmgen.protocol import check_tokenizer, has_scale_context
@@ -15,8 +16,6 @@ from tokenizers_audio.multiscale import MultiScaleAudioCodec, MultiScaleAudioCon
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SR = 16000
-CLIP = 2000  # 0.125 s; hop 8 gives 250 latent frames, levels of 63 / 125 / 250 tokens
 LEVELS = (63, 125, 250)
 
 
@@ -31,14 +30,6 @@ def tiny_codec(**overrides) -> MultiScaleAudioCodec:
     torch.manual_seed(0)
     return MultiScaleAudioCodec(tiny_config(**overrides)).eval()
 
-
-def sines(batch: int = 2, samples: int = CLIP, *, seed: int = 0) -> torch.Tensor:
-    """Sines of random pitch and loudness plus a little noise, ``[B, 1, samples]``."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    freq = 200 + 600 * torch.rand(batch, 1, 1, generator=g)
-    amp = 0.3 + 0.4 * torch.rand(batch, 1, 1, generator=g)
-    return amp * torch.sin(2 * torch.pi * freq * t) + 0.01 * torch.randn(batch, 1, samples, generator=g)
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,9 +50,6 @@ def trained_codec() -> MultiScaleAudioCodec:
     codec.load_state_dict(_trained_state())
     return codec
 
-
-def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from audio_fixtures import CLIP, SR, sines, state_of
 from pipeline_fixtures import build, gen
 
 from mmgen.protocol import check_tokenizer, has_scale_context
@@ -16,8 +17,6 @@ from tokenizers_audio.vocos import ISTFTHead, VocosBackbone, istft_same, stft_sa
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SR = 16000
-CLIP = 2000  # 0.125 s; hop 8 gives 250 frames
 
 
 def tiny_config(**overrides) -> SingleCodebookAudioConfig:
@@ -32,17 +31,6 @@ def tiny_codec(**overrides) -> SingleCodebookAudioCodec:
     return SingleCodebookAudioCodec(tiny_config(**overrides)).eval()
 
 
-def sines(batch: int = 2, samples: int = CLIP, *, seed: int = 0) -> torch.Tensor:
-    """Sines of random pitch and loudness plus a little noise, ``[B, 1, samples]``."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    freq = 200 + 600 * torch.rand(batch, 1, 1, generator=g)
-    amp = 0.3 + 0.4 * torch.rand(batch, 1, 1, generator=g)
-    return amp * torch.sin(2 * torch.pi * freq * t) + 0.01 * torch.randn(batch, 1, samples, generator=g)
-
-
-def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -20,7 +20,7 @@ from mmgen.spectral import DEFAULT_RESOLUTIONS, mel_loss, multi_resolution_stft_
 
 from .checks import check_audio, check_lengths
 
-__all__ = ["CodecConfig", "WaveformCodecMixin", "build_codebook", "codebook_usage", "quantize_frames", "require_positive_int"]
+__all__ = ["CodecConfig", "WaveformCodecMixin", "build_codebook", "quantize_frames", "require_positive_int"]
 
 def require_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -140,11 +140,6 @@ def quantize_frames(vq: VectorQuantize, x_BnD: torch.Tensor, *, update: bool,
     codes_BnC = codebook_VC[ids_Bn]
     commit = F.mse_loss(proj_BnC, codes_BnC) * vq.commitment_weight
     return vq.project_out(codes_BnC), ids_Bn, commit
-
-
-def codebook_usage(ids_N: torch.Tensor, codebook_size: int) -> float:
-    """Fraction of the codebook that a batch's ids use."""
-    return ids_N.unique().numel() / codebook_size
 
 
 class WaveformCodecMixin:

@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgen.hub import PretrainedModel
+from mmgen.metrics import codebook_usage
 from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
 from .checks import check_ids_in_range
-from .codec import CodecConfig, WaveformCodecMixin, build_codebook, codebook_usage, quantize_frames, require_positive_int
+from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames, require_positive_int
 from .seanet import SEANetDecoder, SEANetEncoder
 
 __all__ = ["MultiScaleAudioConfig", "MultiScaleAudioCodec", "MultiScaleResidualVQ"]
@@ -261,7 +262,7 @@ class MultiScaleAudioCodec(WaveformCodecMixin, PretrainedModel):
         audio_B1T = self.prepare_audio(audio_B1T)
         rec_B1T, ids, commit = self(audio_B1T)
         terms = self.reconstruction_terms(rec_B1T, audio_B1T)
-        usage = [codebook_usage(ids_Bn, self.cfg.codebook_size) for ids_Bn in ids]
+        usage = [codebook_usage(ids_Bn, self.cfg.codebook_size)["usage"] for ids_Bn in ids]
         logs = {name: float(value.detach()) for name, value in terms.items()}
         logs.update(commit=float(commit.detach()), usage=sum(usage) / len(usage),
                     **{f"usage_{k}": u for k, u in enumerate(usage)})

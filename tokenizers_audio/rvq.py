@@ -38,19 +38,16 @@ from torch.func import functional_call
 from vector_quantize_pytorch import ResidualVQ
 
 from mmgen.hub import PretrainedModel
+from mmgen.metrics import si_sdr
 from mmgen.protocol import TokenSpec
 from mmgen.spectral import mel_loss, multi_resolution_stft_loss
 from mmgen.tokens import DiscreteContent
 
 from .checks import check_audio, check_ids_in_range, check_lengths
+from .codec import require_positive_int
 from .seanet import SEANetDecoder, SEANetEncoder, SEANetStream
 
 __all__ = ["MultiScaleSTFTDiscriminator", "RVQAudioCodec", "RVQAudioConfig", "RVQStreamingDecoder", "RVQStreamingEncoder"]
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass
@@ -97,14 +94,14 @@ class RVQAudioConfig:
         self.strides = tuple(self.strides)
         for name in ("sample_rate", "clip_samples", "base_channels", "dim", "kernel_size", "codebook_size", "num_quantizers",
                      "kmeans_iters", "discriminator_channels"):
-            _positive_int(name, getattr(self, name))
+            require_positive_int(name, getattr(self, name))
         for stride in self.strides:
-            _positive_int("strides", stride)
+            require_positive_int("strides", stride)
         hop = math.prod(self.strides)
         if self.clip_samples < hop:
             raise ValueError(f"clip_samples={self.clip_samples} is shorter than one frame (hop_length {hop} = prod(strides))")
         if self.generator_quantizers is not None:
-            _positive_int("generator_quantizers", self.generator_quantizers)
+            require_positive_int("generator_quantizers", self.generator_quantizers)
             if self.generator_quantizers > self.num_quantizers:
                 raise ValueError(f"generator_quantizers={self.generator_quantizers} exceeds num_quantizers={self.num_quantizers}")
         if not 0.0 <= float(self.quantizer_dropout_fraction) <= 1.0:
@@ -119,15 +116,6 @@ class RVQAudioConfig:
     @property
     def hop_length(self) -> int:
         return math.prod(self.strides)
-
-
-def _si_sdr(estimate_B1T: torch.Tensor, reference_B1T: torch.Tensor) -> float:
-    """Scale-invariant SDR in dB, averaged over the batch (for training logs)."""
-    est, ref = estimate_B1T.detach().flatten(1), reference_B1T.flatten(1)
-    est, ref = est - est.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
-    target = (est * ref).sum(-1, keepdim=True) / ref.pow(2).sum(-1, keepdim=True).clamp_min(1e-12) * ref
-    ratio = target.pow(2).sum(-1) / (est - target).pow(2).sum(-1).clamp_min(1e-12)
-    return float((10 * torch.log10(ratio.clamp_min(1e-12))).mean())
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):
@@ -379,7 +367,7 @@ class RVQAudioCodec(PretrainedModel):
         total = sum(weights[name] * value for name, value in parts.items())
         used_BtN = ids_BtN >= 0
         logs = {name: float(value.detach()) for name, value in parts.items()}
-        logs["si_sdr"] = _si_sdr(recon_B1T.clamp(-1, 1), audio_B1T)
+        logs["si_sdr"] = si_sdr(recon_B1T.detach().clamp(-1, 1), audio_B1T)
         logs["quantizers"] = float(used_BtN[:, 0].sum(-1).float().mean())
         logs["usage"] = sum(ids_BtN[..., k][used_BtN[..., k]].unique().numel() for k in range(self.num_codebooks)) / (
             self.num_codebooks * self.codebook_size)

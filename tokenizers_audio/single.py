@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from mmgen.hub import PretrainedModel
+from mmgen.metrics import codebook_usage
 from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
 from .checks import check_ids_in_range
-from .codec import CodecConfig, WaveformCodecMixin, build_codebook, codebook_usage, quantize_frames, require_positive_int
+from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames, require_positive_int
 from .seanet import SEANetEncoder
 from .vocos import ISTFTHead, VocosBackbone
 
@@ -133,5 +134,5 @@ class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
         rec_B1T, ids_Bt, commit = self(audio_B1T)
         terms = self.reconstruction_terms(rec_B1T, audio_B1T)
         logs = {name: float(value.detach()) for name, value in terms.items()}
-        logs.update(commit=float(commit.detach()), usage=codebook_usage(ids_Bt, self.cfg.codebook_size))
+        logs.update(commit=float(commit.detach()), usage=codebook_usage(ids_Bt, self.cfg.codebook_size)["usage"])
         return self.weighted_loss(terms, commit), logs
