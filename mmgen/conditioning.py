@@ -466,12 +466,20 @@ class TextEncoderConditioner(_TextConditioner):
         """A conditioner around the encoder and fast tokenizer in ``name_or_path`` (a local folder or a hub id).
 
         ``kwargs`` (``local_files_only``, ``revision``, ``cache_dir``, ``token``, ...) go to both
-        ``from_pretrained`` calls of ``transformers``. The projection (and AdaLN map) start fresh.
+        ``from_pretrained`` calls of ``transformers``; what cannot be loaded (no such folder, an unknown repo,
+        offline without a cached copy) is a ``ValueError``. The projection (and AdaLN map) start fresh.
         """
         from tokenizers import Tokenizer
         from transformers import AutoModel, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        def load(auto: Any) -> Any:
+            try:
+                return auto.from_pretrained(name_or_path, **kwargs)
+            except OSError as err:  # no such folder, an unknown repo, offline without a cached copy
+                raise ValueError(f"name_or_path {str(name_or_path)!r} is no text encoder folder or hub repo that can be "
+                                 f"loaded ({type(err).__name__}: {err})") from err
+
+        tokenizer = load(AutoTokenizer)
         if not hasattr(tokenizer, "backend_tokenizer"):
             raise TypeError(f"the tokenizer of {str(name_or_path)!r} is not a fast tokenizer; a TextEncoderConditioner needs one")
         if tokenizer.pad_token is None:
@@ -480,7 +488,7 @@ class TextEncoderConditioner(_TextConditioner):
         backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         backend.no_truncation()
         backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
-        encoder = _encoder_part(AutoModel.from_pretrained(name_or_path, **kwargs))
+        encoder = _encoder_part(load(AutoModel))
         config = TextEncoderConditionerConfig(
             dim=dim, max_len=max_len, adaln_dim=adaln_dim, freeze_encoder=freeze_encoder,
             encoder_config=json.loads(encoder.config.to_json_string(use_diff=False)),

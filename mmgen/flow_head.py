@@ -31,7 +31,7 @@ from torch import nn
 
 from .heads import Head
 from .sampling import SamplingConfig
-from .tokens import ContinuousContent
+from .tokens import ContinuousContent, _check_real
 
 if TYPE_CHECKING:
     from .gpt import GPT
@@ -273,6 +273,7 @@ class FlowHead(Head):
                z_uncond_ND: torch.Tensor | None) -> torch.Tensor:
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        _check_real("guidance", guidance)
         if z_uncond_ND is not None and z_uncond_ND.shape != z_ND.shape:
             raise ValueError(f"z_uncond must have the shape of z {tuple(z_ND.shape)}, got {tuple(z_uncond_ND.shape)}")
         if not isinstance(noise_NC, torch.Tensor) or tuple(noise_NC.shape) != (z_ND.shape[0], self.cfg.latent_dim):

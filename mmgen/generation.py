@@ -31,7 +31,7 @@ from .conditioning import Conditioning
 from .gpt import GPT
 from .heads import Head
 from .sampling import GuidanceSchedule, SamplingConfig
-from .tokens import TokenLayout
+from .tokens import TokenLayout, _check_positive, _check_tensor_type
 
 __all__ = ["GroupRequest", "Program", "Decoder", "generate", "teacher_hidden", "draw_seeds", "SEED_HIGH"]
 
@@ -53,14 +53,21 @@ class GroupRequest:
     shared: bool = False
 
     def __post_init__(self) -> None:
+        for name, rank, shape in (("inputs_BnD", 3, "[B, n, dim]"), ("coords_BnC", 3, "[B, n, C]"), ("valid_Bn", 2, "[B, n]")):
+            value = getattr(self, name)
+            _check_tensor_type(name, value)
+            if value.dim() != rank:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
         B, n = self.valid_Bn.shape
         if self.inputs_BnD.shape[:2] != (B, n) or self.coords_BnC.shape[:2] != (B, n):
             raise ValueError(
-                f"a group's inputs {tuple(self.inputs_BnD.shape)}, coords {tuple(self.coords_BnC.shape)} and "
-                f"valid {tuple(self.valid_Bn.shape)} must agree on [B, n]"
+                f"a group's inputs_BnD {tuple(self.inputs_BnD.shape)}, coords_BnC {tuple(self.coords_BnC.shape)} and "
+                f"valid_Bn {tuple(self.valid_Bn.shape)} must agree on [B, n]"
             )
         if self.valid_Bn.dtype != torch.bool:
             raise TypeError(f"valid_Bn must be a bool tensor, got {self.valid_Bn.dtype}")
+        if not isinstance(self.shared, bool):
+            raise TypeError(f"shared must be a bool, got {self.shared!r}")
 
     @property
     def size(self) -> int:
@@ -87,9 +94,13 @@ class Program(Protocol):
 
 def draw_seeds(generator: torch.Generator | list[torch.Generator] | None, batch_size: int) -> torch.Tensor:
     """One int64 seed per sample: from its own generator (a list, diffusers-style), or drawn in order from one."""
+    _check_positive("batch_size", batch_size)
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch_size:
             raise ValueError(f"generator is a list of {len(generator)}, but {batch_size} samples are generated; pass one per sample")
+        wrong = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+        if wrong:
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got a list holding {wrong[0]}")
         return torch.cat([torch.randint(0, SEED_HIGH, (1,), generator=g, device=g.device).cpu() for g in generator])
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
@@ -105,7 +116,12 @@ class Decoder:
     """
 
     def __init__(self, gpt: GPT, cond: Conditioning, *, capacity: int) -> None:
-        R, P, _ = cond.prefix_RPD.shape
+        _check_conditioning(cond)
+        _check_positive("capacity", capacity)
+        R, P, D = cond.prefix_RPD.shape
+        if D != gpt.cfg.dim:
+            raise ValueError(f"cond's prefix has width {D}, but the GPT's dim is {gpt.cfg.dim}: build the conditioner "
+                             f"with dim={gpt.cfg.dim}")
         total = P + capacity
         if total > gpt.cfg.max_seq_len:
             raise ValueError(f"the prefix ({P}) plus up to {capacity} generated positions exceed the GPT's max_seq_len={gpt.cfg.max_seq_len}")
@@ -145,6 +161,11 @@ class Decoder:
 
     def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``requests`` (one group each) and return the hidden states ``[R, n_last, dim]`` of the last one."""
+        if not isinstance(requests, (list, tuple)) or not requests:
+            raise ValueError(f"requests must be a non-empty list of GroupRequest (one per group), got {requests!r}")
+        rows = {request.valid_Bn.shape[0] for request in requests} - {self.cond.batch_size, self.rows}
+        if rows:
+            raise ValueError(f"requests must carry B = {self.cond.batch_size} rows (one per sample), got {sorted(rows)}")
         P = self.cond.num_prefix
         start = P if self.length == 0 else self.length
         size = sum(request.size for request in requests)
@@ -203,11 +224,18 @@ def generate(
     are fed in one forward with the first generated group). ``capacity``: the most slots a row can
     take. ``callback(step, tokens)`` may return replacement tokens for that step.
     """
+    _check_conditioning(cond)
     B = cond.batch_size
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be an mmgen.SamplingConfig, got {type(sampling).__name__}")
+    if not isinstance(seeds_B, torch.Tensor) or seeds_B.dtype != torch.int64:
+        got = seeds_B.dtype if isinstance(seeds_B, torch.Tensor) else type(seeds_B).__name__
+        raise TypeError(f"seeds_B must be an int64 tensor [{B}] (one seed per sample, see draw_seeds), got {got}")
     if seeds_B.shape != (B,):
         raise ValueError(f"seeds_B must have shape [{B}] (one seed per sample), got {tuple(seeds_B.shape)}")
+    for name, function in (("callback", callback), ("progress", progress)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{name} must be None or a callable, got {type(function).__name__}")
     guidance: GuidanceSchedule = sampling.guidance
     device = gpt.device
     state = program.start(B, device)
@@ -237,6 +265,11 @@ def generate(
     finally:
         decoder.close()
     return program.result(state)
+
+
+def _check_conditioning(cond: object) -> None:
+    if not isinstance(cond, Conditioning):
+        raise TypeError(f"cond must be a mmgen.Conditioning (what a conditioner's condition() returns), got {type(cond).__name__}")
 
 
 def _prefill(program: Program, state: Any, prefill: torch.Tensor, slots_B: torch.Tensor) -> tuple[Any, list[GroupRequest], torch.Tensor, int]:

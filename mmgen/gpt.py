@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torch import nn
 
 from .hub import PretrainedModel
 from .rope import NDRotaryEmbedding, apply_rotary
-from .tokens import ContinuousContent, DiscreteContent, TokenLayout
+from .tokens import ContinuousContent, DiscreteContent, TokenLayout, _check_real
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "split_guidance_batch"]
 
@@ -55,13 +54,19 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        sizes = [self.vocab_size] if isinstance(self.vocab_size, int) else list(self.vocab_size)
+        sizes = list(self.vocab_size) if isinstance(self.vocab_size, (list, tuple)) else [self.vocab_size]
         no_tables = sizes == [0]
         if not sizes or (not no_tables and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
             raise ValueError(f"vocab_size must be a positive int, a list of them (one per codebook) or 0, got {self.vocab_size!r}")
         self.vocab_size = sizes[0] if len(sizes) == 1 else sizes
         for name in ("dim", "n_layers", "n_heads", "coord_rank", "max_seq_len"):
             _require_positive(name, getattr(self, name))
+        for name in ("qk_norm", "attention_bias", "mlp_bias", "start_token"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_theta"):
+            _check_real(name, getattr(self, name), above=0)
+        _check_real("init_std", self.init_std, at_least=0)
         for name in ("adaln_dim", "input_dim"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
@@ -246,8 +251,9 @@ class GPT(PretrainedModel):
         """Continuous inputs ``[B, T, input_dim]`` (VAR's next-scale features, continuous latents) → ``[B, T, dim]``."""
         if self.input_proj is None:
             raise ValueError("continuous inputs given, but the model was built with input_dim=0")
-        if x_BTC.dim() != 3 or x_BTC.shape[-1] != self.cfg.input_dim:
-            raise ValueError(f"continuous inputs must have shape [B, T, {self.cfg.input_dim}], got {tuple(x_BTC.shape)}")
+        if not isinstance(x_BTC, torch.Tensor) or x_BTC.dim() != 3 or x_BTC.shape[-1] != self.cfg.input_dim:
+            got = tuple(x_BTC.shape) if isinstance(x_BTC, torch.Tensor) else type(x_BTC).__name__
+            raise ValueError(f"continuous inputs must have shape [B, T, {self.cfg.input_dim}] (x_BTC), got {got}")
         return self.input_proj(x_BTC.to(self.input_proj.weight.dtype))
 
     def start_inputs(self, batch_size: int, length: int) -> torch.Tensor:
@@ -261,6 +267,7 @@ class GPT(PretrainedModel):
         """Preallocate the KV cache (for CFG pass the doubled batch: cond rows, then uncond rows)."""
         max_seq_len = self.cfg.max_seq_len if max_seq_len is None else max_seq_len
         _require_positive("batch_size", batch_size)
+        _require_positive("max_seq_len", max_seq_len)
         if not 1 <= max_seq_len <= self.cfg.max_seq_len:
             raise ValueError(f"max_seq_len must be in 1..{self.cfg.max_seq_len}, got {max_seq_len}")
         dtype = dtype or self.dtype
@@ -301,7 +308,7 @@ class GPT(PretrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
-            if layout is not None and isinstance(layout.content, ContinuousContent):
+            if isinstance(layout, TokenLayout) and isinstance(layout.content, ContinuousContent):
                 raise ValueError("layout holds continuous tokens; pass inputs_embeds, not input_ids")
             inputs_embeds = self.embed_tokens(input_ids)
         return self.hidden_states(inputs_embeds, layout=layout, start_pos=start_pos, condition=condition,
@@ -350,8 +357,8 @@ class GPT(PretrainedModel):
 
     def _check_positions(self, B: int, T: int, layout: TokenLayout | None, start_pos: int | None) -> int:
         start = 0 if start_pos is None else start_pos
-        if start < 0:
-            raise ValueError(f"start_pos must be >= 0, got {start_pos}")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start_pos must be >= 0 (an int; None for a whole sequence), got {start_pos!r}")
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence reaches position {start + T}, beyond max_seq_len={self.cfg.max_seq_len}")
         if start and self.cache_shape is None:
@@ -363,6 +370,8 @@ class GPT(PretrainedModel):
             if start + T > cache_len:
                 raise ValueError(f"positions up to {start + T} do not fit the KV cache of {cache_len} positions")
         if layout is not None:
+            if not isinstance(layout, TokenLayout):
+                raise TypeError(f"layout must be a mmgen.TokenLayout or None, got {type(layout).__name__}")
             if layout.coord_rank != self.cfg.coord_rank:
                 raise ValueError(f"layout has coordinate rank {layout.coord_rank}, the model expects coord_rank={self.cfg.coord_rank}")
             if isinstance(layout.content, DiscreteContent) and layout.content.codebook_sizes != self.cfg.codebook_sizes:
@@ -373,6 +382,9 @@ class GPT(PretrainedModel):
                 raise ValueError(f"layout has batch size {layout.batch_size}, inputs have {B}")
             if layout.seq_len < start + T:
                 raise ValueError(f"layout covers {layout.seq_len} positions, inputs reach {start + T}")
+            if start_pos is None and layout.seq_len != T:
+                raise ValueError(f"layout covers {layout.seq_len} positions but the inputs hold {T}; pass start_pos "
+                                 "when the inputs are a chunk of the layout's sequence")
         return start
 
     def _check_condition(self, B: int, condition: torch.Tensor | None) -> None:

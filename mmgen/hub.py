@@ -105,7 +105,8 @@ class PretrainedModel(ModelMixin, ConfigMixin):
         """Load from a local folder or a hub repo id. Pickled weights are refused unless ``allow_pickle=True``.
 
         A repo id is downloaded first (config, safetensors and card only; pickles only with ``allow_pickle``),
-        so the pre-checks read the snapshot from disk just as they read a local folder. Weights stored in
+        so the pre-checks read the snapshot from disk just as they read a local folder; a repo that cannot be
+        downloaded (unknown, or offline without a cached copy) is a ``ValueError`` too. Weights stored in
         half precision (to keep shipped checkpoints small) load as float32 unless ``torch_dtype`` is given.
         """
         subfolder = kwargs.get("subfolder")
@@ -185,7 +186,11 @@ def resolve_pretrained_path(
         raise TypeError(f"unknown hub option(s) {unknown}; expected a subset of {list(HUB_DOWNLOAD_KWARGS)}")
     inside = [f"{subfolder}/{p}" for p in allow_patterns] if subfolder else list(allow_patterns)
     patterns = [*inside, CARD_NAME]
-    snapshot = huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, library_name="mmgen", **hub_kwargs)
+    try:
+        snapshot = huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, library_name="mmgen", **hub_kwargs)
+    except OSError as err:  # not found, offline without a cached copy, no network: huggingface_hub's errors are OSErrors
+        raise ValueError(f"pretrained_model_name_or_path {repo_id!r} is no local folder, and the hub repo could not be "
+                         f"downloaded ({type(err).__name__}: {err})") from err
     return Path(snapshot)
 
 
@@ -238,7 +243,7 @@ def _as_repo_id(name_or_path: str | os.PathLike) -> str:
             return name
         except HFValidationError:
             pass
-    raise ValueError(f"{name!r} is neither a local folder nor a hub repo id ('owner/name')")
+    raise ValueError(f"pretrained_model_name_or_path {name!r} is neither a local folder nor a hub repo id ('owner/name')")
 
 
 def _check_uploadable(folder: Path) -> None:

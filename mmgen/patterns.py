@@ -25,7 +25,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from mmgen.tokens import TokenContent, TokenLayout, _check_positive
+from mmgen.tokens import TokenContent, TokenLayout, _as_increasing, _as_shape, _check_positive
 
 __all__ = [
     "Pattern",
@@ -220,6 +220,8 @@ class Frames(_GridPattern):
     def __post_init__(self) -> None:
         _check_positive("num_frames", self.num_frames)
         object.__setattr__(self, "frame_shape", _as_shape("frame_shape", self.frame_shape))
+        if not isinstance(self.per_frame, bool):
+            raise TypeError(f"per_frame must be a bool, got {self.per_frame!r}")
 
     @property
     def _axes(self) -> tuple[int, ...]:
@@ -327,7 +329,7 @@ class DelayCodebooks(_Codebooks, Pattern):
 class Scales(Pattern):
     """A pyramid (next-scale): native is a list of ``[B, *(side,) * rank, *rest]``, one group per scale.
 
-    Coordinates are ``(scale, centres...)`` with the cell centres measured on the finest grid, so a
+    ``sides`` are strictly increasing (coarse to fine). Coordinates are ``(scale, centres...)`` with the cell centres measured on the finest grid, so a
     location keeps (nearly) the same spatial coordinate at every scale (as :meth:`TokenLayout.scales`).
     """
 
@@ -335,7 +337,7 @@ class Scales(Pattern):
     rank: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sides", _as_shape("sides", self.sides))
+        object.__setattr__(self, "sides", _as_increasing("sides", self.sides))
         _check_positive("rank", self.rank)
 
     def _coords_and_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,18 +371,6 @@ class Scales(Pattern):
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
-def _as_shape(name: str, shape: Sequence[int], *, rank: int | None = None) -> tuple[int, ...]:
-    if not isinstance(shape, Sequence) or isinstance(shape, str):
-        raise TypeError(f"{name} must be a sequence of positive ints, got {type(shape).__name__}")
-    if len(shape) < 1:
-        raise ValueError(f"{name} must name at least one axis, got {tuple(shape)}")
-    if rank is not None and len(shape) != rank:
-        raise ValueError(f"{name} must have {rank} sides, got {tuple(shape)}")
-    for axis, size in enumerate(shape):
-        _check_positive(f"{name}[{axis}]", size)
-    return tuple(shape)
-
-
 def _check_tensor(name: str, x: object, shape: tuple[int, ...]) -> None:
     """Raise unless ``x`` is a tensor ``[B, *shape, *rest]``."""
     if not isinstance(x, torch.Tensor):

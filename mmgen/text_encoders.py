@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import NUM_CLASSES, caption
+from .tokens import _check_positive
 
 __all__ = ["SPECIAL_TOKENS", "caption_words", "write_word_level_bert"]
 
@@ -36,9 +37,15 @@ def write_word_level_bert(folder: str | Path, *, words: Iterable[str] | None = N
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     folder = Path(folder)
-    vocab_words = sorted(set(caption_words() if words is None else words))
-    if not vocab_words or not all(isinstance(w, str) and w and not w.isspace() for w in vocab_words):
-        raise ValueError("words must be a non-empty list of non-empty strings")
+    vocab_words = caption_words() if words is None else list(words)
+    if isinstance(words, str) or not vocab_words or not all(isinstance(w, str) and len(w.split()) == 1 for w in vocab_words):
+        raise ValueError(f"words must be a non-empty list of single words (the tokenizer splits on whitespace), got {words!r}")
+    vocab_words = sorted(set(vocab_words))
+    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
+                        ("max_positions", max_positions), ("intermediate_size", intermediate_size or 2 * hidden_size)):
+        _check_positive(name, value)
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *vocab_words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -12,6 +12,8 @@ Shapes: ``coords_BTC`` (float, C = coordinate rank), ``groups_BT`` (long), ``val
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -32,6 +34,9 @@ class DiscreteContent:
     codebook_sizes: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        if isinstance(self.codebook_sizes, (str, bytes)) or not isinstance(self.codebook_sizes, Sequence):
+            raise TypeError(f"codebook_sizes must be a sequence of positive ints (one per codebook, e.g. (512,)), "
+                            f"got {self.codebook_sizes!r}")
         sizes = tuple(self.codebook_sizes)
         if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
             raise ValueError(f"codebook_sizes must be a non-empty sequence of positive ints, got {self.codebook_sizes!r}")
@@ -68,8 +73,7 @@ class ContinuousContent:
     dim: int
 
     def __post_init__(self) -> None:
-        if int(self.dim) < 1:
-            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
+        _check_positive("dim", self.dim)
 
 
 TokenContent = Union[DiscreteContent, ContinuousContent]
@@ -89,6 +93,10 @@ class TokenLayout:
     content: TokenContent | None = None
 
     def __post_init__(self) -> None:
+        for name in ("coords", "groups", "valid"):
+            _check_tensor_type(name, getattr(self, name))
+        if self.content is not None and not isinstance(self.content, (DiscreteContent, ContinuousContent)):
+            raise TypeError(f"content must be None, a DiscreteContent or a ContinuousContent, got {self.content!r}")
         if self.coords.dim() != 3:
             raise ValueError(f"coords must have shape [B, T, C], got {tuple(self.coords.shape)}")
         B, T, _ = self.coords.shape
@@ -159,6 +167,7 @@ class TokenLayout:
         content: TokenContent | None = None,
     ) -> "TokenLayout":
         """One sequence from ``coords [T, C]``; ``groups [T]`` defaults to one group per position (causal)."""
+        _check_tensor_type("coords", coords)
         if coords.dim() != 2:
             raise ValueError(f"coords must have shape [T, C], got {tuple(coords.shape)}")
         T = coords.shape[0]
@@ -180,27 +189,24 @@ class TokenLayout:
     @classmethod
     def grid(cls, shape: Sequence[int], *, content: TokenContent | None = None) -> "TokenLayout":
         """A raster-order next-token grid: ``(h, w)`` for images, ``(t, h, w)`` for video."""
-        if len(shape) < 1:
-            raise ValueError("shape must name at least one axis")
-        for axis, size in enumerate(shape):
-            _check_positive(f"shape[{axis}]", size)
+        shape = _as_shape("shape", shape)
         axes = [torch.arange(size, dtype=torch.float32) for size in shape]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
         return cls.from_coords(coords, content=content)
 
     @classmethod
     def scales(cls, patch_nums: Sequence[int], *, content: TokenContent | None = None) -> "TokenLayout":
-        """A VAR-style pyramid: scale k is a ``pn_k × pn_k`` grid and one group (next-scale).
+        """A VAR-style pyramid: scale k is a ``pn_k × pn_k`` grid and one group (next-scale), sides coarse to fine.
 
         Coordinates are ``(scale, y, x)`` with y, x the cell centres measured on the finest grid,
         so a location keeps (nearly) the same spatial coordinate at every scale.
         """
-        if len(patch_nums) < 1:
+        if isinstance(patch_nums, Sequence) and len(patch_nums) < 1:
             raise ValueError("patch_nums must name at least one scale")
+        patch_nums = _as_increasing("patch_nums", patch_nums)
         finest = max(patch_nums)
         coords, groups = [], []
         for k, pn in enumerate(patch_nums):
-            _check_positive(f"patch_nums[{k}]", pn)
             centres = (torch.arange(pn, dtype=torch.float32) + 0.5) * (finest / pn) - 0.5
             yy, xx = torch.meshgrid(centres, centres, indexing="ij")
             coords.append(torch.stack([torch.full_like(yy, k), yy, xx], dim=-1).reshape(-1, 3))
@@ -210,11 +216,9 @@ class TokenLayout:
     @classmethod
     def cells(cls, shape: Sequence[int], cell: int, *, content: TokenContent | None = None) -> "TokenLayout":
         """A 2D grid generated ``cell × cell`` blocks at a time (xAR's next-cell), blocks in raster order."""
-        if len(shape) != 2:
+        if len(_as_shape("shape", shape)) != 2:
             raise ValueError(f"shape must be (h, w), got {tuple(shape)}")
         h, w = shape
-        _check_positive("shape[0]", h)
-        _check_positive("shape[1]", w)
         _check_positive("cell", cell)
         if h % cell or w % cell:
             raise ValueError(f"shape {(h, w)} must be divisible by cell={cell}")
@@ -311,3 +315,39 @@ def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
+
+def _check_real(name: str, value: object, *, above: float | None = None, at_least: float | None = None) -> float:
+    """``value`` as a finite float (``> above``, ``>= at_least`` when given): TypeError if no number, else ValueError."""
+    expected = "a finite number" + ("" if above is None else f" > {above:g}") + ("" if at_least is None else f" >= {at_least:g}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or (above is not None and number <= above) or (at_least is not None and number < at_least):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def _check_tensor_type(name: str, value: object) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _as_shape(name: str, shape: Sequence[int], *, rank: int | None = None) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints (of ``rank`` sides when given), or an error naming ``name``."""
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        raise TypeError(f"{name} must be a sequence of positive ints, got {type(shape).__name__}")
+    if len(shape) < 1:
+        raise ValueError(f"{name} must name at least one axis, got {tuple(shape)}")
+    if rank is not None and len(shape) != rank:
+        raise ValueError(f"{name} must have {rank} sides, got {tuple(shape)}")
+    for axis, size in enumerate(shape):
+        _check_positive(f"{name}[{axis}]", size)
+    return tuple(shape)
+
+
+def _as_increasing(name: str, sides: Sequence[int]) -> tuple[int, ...]:
+    """A pyramid's sides: positive ints, strictly increasing (coarse to fine)."""
+    sides = _as_shape(name, sides)
+    if any(b <= a for a, b in zip(sides, sides[1:])):
+        raise ValueError(f"{name} must be strictly increasing (coarse to fine), got {sides}")
+    return sides

@@ -245,6 +245,11 @@ class ARPipeline(DiffusionPipeline):
         options: dict[str, Any] | None = None,
     ) -> Any:
         output_type = check_output_type(self.tokenizer.modality, output_type)
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"callback_on_step_end must be None or a callable, got {type(callback_on_step_end).__name__}")
+        if isinstance(self.head.content, ContinuousContent) and (sampling.top_k, sampling.top_p, sampling.min_p) != (0, 1.0, 0.0):
+            raise ValueError(f"top_k / top_p / min_p filter the ids of a categorical head; this pipeline's "
+                             f"{type(self.head).__name__} draws continuous latents (use temperature and num_flow_steps)")
         sampling = _with_guidance(sampling, guidance_scale)
         guided = not (sampling.guidance_schedule == "constant" and sampling.guidance_scale == 1.0)
         if guided and not self.config.get("null_condition_trained", False):
@@ -256,13 +261,23 @@ class ARPipeline(DiffusionPipeline):
                                           guided=guided, class_names=self.config.get("class_names"))
         options = options or {}
         program = self.program(**options)
+        if isinstance(prefill, torch.Tensor):  # anything else: generate's own error
+            plan = self.plan(self.tokenizer, **self.plan_options(), **options)
+            _check_ids(plan.input_content or plan.content, prefill, name="prefill")
         seeds_B = draw_seeds(generator, cond.batch_size)
 
         def callback(step: int, tokens: torch.Tensor) -> torch.Tensor | None:
             if callback_on_step_end is None:
                 return None
             returned = callback_on_step_end(self, step, step, {"tokens": tokens})
-            return returned.get("tokens") if isinstance(returned, dict) else None
+            replaced = returned.get("tokens") if isinstance(returned, dict) else None
+            if replaced is not None:
+                if not isinstance(replaced, torch.Tensor) or replaced.shape != tokens.shape:
+                    got = tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__
+                    raise ValueError(f"callback_on_step_end returned tokens of shape {got}; they replace the drawn ones, "
+                                     f"of shape {tuple(tokens.shape)}")
+                _check_ids(self.head.content, replaced, name="the tokens callback_on_step_end returned")
+            return replaced
 
         with self.progress_bar(total=program.num_steps) as bar:
             seq, _ = generate(self.gpt, self.head, program, cond, sampling=sampling, seeds_B=seeds_B,
@@ -294,7 +309,10 @@ class ARPipeline(DiffusionPipeline):
             index_file = folder / "model_index.json"
             if not index_file.is_file():
                 raise ValueError(f"{folder} is not a saved pipeline: expected model_index.json in it")
-            index = json.loads(index_file.read_text())
+            try:
+                index = json.loads(index_file.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{index_file} is not valid JSON ({err}); save the pipeline again") from err
             if "conditioner" not in index:
                 raise ValueError(f"{folder} was saved by an older mmgen (no conditioner component); "
                                  f"convert it with `mmgen upgrade {folder} NEW_FOLDER`")
@@ -328,6 +346,12 @@ def _with_guidance(sampling: SamplingConfig, guidance_scale: float | GuidanceSch
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise TypeError(f"guidance_scale must be a number or an mmgen.GuidanceSchedule, got {guidance_scale!r}")
     return replace(sampling, guidance_scale=float(guidance_scale))
+
+
+def _check_ids(content: TokenContent, tokens: torch.Tensor, *, name: str) -> None:
+    """Known tokens given to a call (prefill, a callback's replacement) must be valid ids where the sequence holds ids."""
+    if not isinstance(content, ContinuousContent):
+        content.check_ids(tokens, name=name)
 
 
 def _loss_mask(pattern: Any, tokens: torch.Tensor) -> torch.Tensor | None:

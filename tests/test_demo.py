@@ -1,7 +1,9 @@
 """`mmgen demo`: every paradigm's pipeline generates every shapes prompt (PNGs, grids) and every tones prompt
-(WAVs, spectrograms); manifest and HTML are written."""
+(WAVs, spectrograms); manifest and HTML are written, the page a static summary of every sample."""
 
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -9,10 +11,13 @@ import soundfile
 import torch
 from PIL import Image
 
+import mmgen
+import pipelines
 from mmgen.app.cli import main
 from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, tone_caption
+from pipeline_fixtures import count_gpt_forwards
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_audio import (
     MultiScaleAudioCodec,
@@ -35,6 +40,77 @@ def _pipeline(cls: type, tokenizer: torch.nn.Module, **config) -> object:
     conditioner = ClassConditioner(ClassConditionerConfig(dim=32, num_classes=NUM_CLASSES))
     return cls.from_tokenizer(tokenizer, conditioner=conditioner, gpt={"dim": 32, "n_layers": 1, "n_heads": 2},
                               class_names=NAMES, null_condition_trained=True, **config)
+
+
+class _Page(HTMLParser):
+    """What a check of index.html needs: every referenced file, the summary rows, and per figure its hover, media and verdict."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.rows: list[list[str]] = []
+        self.figures: list[dict] = []
+        self._in_body = self._in_verdict = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        self.refs += [attrs[k] for k in ("src", "href") if k in attrs]
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag in ("td", "th") and self._in_body:
+            self.rows[-1].append("")
+        elif tag == "figure":
+            self.figures.append({"title": attrs.get("title", ""), "media": [], "verdict": ""})
+        elif tag in ("img", "audio") and self.figures:
+            self.figures[-1]["media"].append(attrs["src"])
+        self._in_verdict = self._in_verdict or attrs.get("class") == "verdict"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_body = self._in_body and tag != "tbody"
+        self._in_verdict = self._in_verdict and tag != "span"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_body and self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+        if self._in_verdict:
+            self.figures[-1]["verdict"] += data
+
+
+def _check_page(out: Path, manifest: dict) -> None:
+    """index.html: a header in words, one summary row per paradigm, every sample with its seed on hover and its verdict,
+    nothing but files next to it."""
+    text = (out / "index.html").read_text(encoding="utf-8")
+    page = _Page(text)
+    assert '{"' not in text and json.dumps(manifest["sampling"]) not in text and "<script" not in text  # no raw JSON, no code
+    assert not re.search(r"(?i)https?:|url\(|@import", text)  # works offline: nothing to fetch
+    files = [ref for ref in page.refs if not ref.startswith("#")]
+    assert "manifest.json" in files and all(not re.match(r"[a-zA-Z][\w+.-]*:|/", ref) for ref in files)  # relative
+    assert all((out / ref).is_file() for ref in files)
+    assert f"mmgen {mmgen.__version__}" in text and "guidance scale 3" in text
+    infos = [*manifest["paradigms"].items(), *manifest["audio"]["paradigms"].items()]
+    assert [row[0] for row in page.rows] == [p for p, _ in infos]
+    for row, (paradigm, info) in zip(page.rows, infos):
+        assert row[3:6] == [str(info["gpt_forwards_per_sample"]), str(info["num_samples"]), f"{info['prompt_adherence']:.0%}"]
+        assert info["description"] in row[2]
+    samples = [*manifest["samples"], *manifest["audio"]["samples"]]
+    assert len(page.figures) == len(samples)
+    for figure, sample in zip(page.figures, samples):
+        assert figure["media"] == ([sample["spectrogram"], sample["file"]] if "spectrogram" in sample else [sample["file"]])
+        assert figure["title"].startswith(f"seed {sample['seed']}, generated in ")
+        assert figure["verdict"].startswith("✓ right: read " if sample["right"] else "✗ wrong: read ")
+
+
+def _check_forwards(root: Path, names: dict[str, str], infos: dict) -> None:
+    """The manifest's GPT forwards per sample are what generating one sample with that pipeline takes."""
+    for paradigm, info in infos.items():
+        pipe = getattr(pipelines, names[paradigm]).from_pretrained(str(root / paradigm))
+        pipe.set_progress_bar_config(disable=True)
+        calls = count_gpt_forwards(pipe)
+        pipe(class_labels=[0], guidance_scale=3.0, output_type="tokens")
+        assert len(calls) == info["gpt_forwards_per_sample"], paradigm
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +166,14 @@ def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_p
     assert [s["prompt"] for s in manifest["samples"][:4]] == [NAMES[0], NAMES[0], NAMES[1], NAMES[1]]
     assert all(Image.open(out / s["file"]).size == (16, 16) for s in manifest["samples"])
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    page = (out / "index.html").read_text()
-    assert "prompt adherence" in page and first["file"] in page
+    assert manifest["mmgen_version"] == mmgen.__version__ and manifest["samples_per_prompt"] == 2
+    # next-token: one forward per token of the 4x4 grid; next-scale: one per scale (1, 2, 4); next-x: one per 2x2 cell
+    assert {p: info["gpt_forwards_per_sample"] for p, info in manifest["paradigms"].items()} == \
+        {"next-token": 16, "next-scale": 3, "next-x": 4}
+    assert {p: info["positions_per_sample"] for p, info in manifest["paradigms"].items()} == \
+        {"next-token": 16, "next-scale": 1 + 4 + 16, "next-x": 16}
+    _check_forwards(tiny_checkpoints, PARADIGMS, manifest["paradigms"])
+    _check_page(out, manifest)
 
 
 def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp_path, one_torch_thread):
@@ -137,11 +219,9 @@ def test_demo_writes_a_wav_and_a_spectrogram_per_clip(tiny_checkpoints, tiny_aud
         picture = Image.open(out / sample["spectrogram"])
         assert picture.mode == "L" and picture.size == (CLIP // 128 + 1, 64)  # frames x mel bands
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    page = (out / "index.html").read_text()
-    assert page.count("<audio controls") == 3 * NUM_TONE_CLASSES and manifest["samples"][0]["file"] in page
-    assert all(s["file"] in page and s["spectrogram"] in page for s in audio["samples"])
-    assert all(info["description"] in page for info in audio["paradigms"].values())
-    assert f'title="seed {first["seed"]}, generated in' in page
+    assert (out / "index.html").read_text(encoding="utf-8").count("<audio controls") == 3 * NUM_TONE_CLASSES
+    _check_forwards(tiny_audio_checkpoints, AUDIO_PARADIGMS, audio["paradigms"])
+    _check_page(out, manifest)
 
 
 def test_absent_audio_is_skipped_by_default_and_an_error_when_asked_for(tiny_audio_checkpoints, tmp_path, one_torch_thread):

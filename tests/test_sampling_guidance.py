@@ -71,7 +71,7 @@ def test_interval_gates_a_ramp():
     [
         ({"kind": "cosine"}, "kind must be one of"),
         ({"power": 0.0}, "power must be"),
-        ({"scale": math.inf}, "scale must be finite"),
+        ({"scale": math.inf}, "scale must be a finite number"),
         ({"interval": (0.5, 0.5)}, "interval must be"),
         ({"interval": (-0.1, 0.5)}, "interval must be"),
     ],
@@ -115,7 +115,7 @@ def test_config_needs_uncond_exactly_when_guiding():
         ({"temperature": -0.5}, "temperature must be a finite value >= 0"),
         ({"min_p": 2.0}, r"min_p must be a value in \[0, 1\]"),
         ({"backend": "cuda"}, "backend must be one of"),
-        ({"guidance_schedule": "cos"}, "kind must be one of"),
+        ({"guidance_schedule": "cos"}, "guidance_schedule must be one of"),
     ],
 )
 def test_bad_configs(kwargs, match):

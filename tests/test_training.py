@@ -8,7 +8,6 @@ subprocesses with one thread each; the rest runs in this process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,25 +24,21 @@ from mmgen.app.training import Trainer, list_checkpoints, load_config
 from mmgen.app.training.config import TrainConfig, config_from_mapping
 from mmgen.app.training.data import StepBatches, TokenSource, batch_indices, step_batches
 from mmgen.app.training.trainer import lr_factor
-from tokenizers_visual import KLConfig, KLImageTokenizer, VQConfig, VQImageTokenizer
+from tokenizers_visual import KLConfig, KLImageTokenizer
+from training_fixtures import (
+    REPO,
+    folder_digest,
+    generator_config,
+    losses,
+    records,
+    report,
+    tokenizer_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parents[1]
-VQ_FIELDS = {"image_size": 16, "downsample": 4, "channels": 8, "channel_mult": [1, 1, 1], "z_channels": 8,
-             "codebook_size": 32, "codebook_dim": 4}
-
-
 # ---- helpers -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained-tokenizer folder (random weights) for generator configs to point at."""
-    folder = tmp_path_factory.mktemp("tokenizer")
-    torch.manual_seed(0)
-    VQImageTokenizer(VQConfig(**VQ_FIELDS)).save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def kl_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny continuous (KL) tokenizer folder for a NextX generator with a flow head."""
@@ -51,66 +46,6 @@ def kl_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     KLImageTokenizer(KLConfig(image_size=16, downsample=4, channels=8, channel_mult=[1, 1, 1], latent_dim=4)).save_pretrained(str(folder))
     return folder
-
-
-def generator_config(tokenizer: Path, output_dir: Path, **changes: object) -> dict:
-    values = {
-        "kind": "generator", "pipeline": "NextTokenPipeline", "tokenizer": str(tokenizer),
-        "gpt": {"dim": 32, "n_layers": 1, "n_heads": 2}, "cond_drop_prob": 0.5,
-        "data": {"dataset": "shapes", "num_items": 64, "image_size": 16},
-        "optim": {"steps": 8, "batch_size": 8, "lr": "1e-3", "warmup_steps": 2, "ema_decay": 0.9},
-        "eval": {"samples_per_class": 1, "every": 4},
-        "checkpoint": {"every": 3, "keep": 2},
-        "log_every": 1, "threads": 1, "output_dir": str(output_dir),
-    }
-    return _merge(values, changes)
-
-
-def tokenizer_config(output_dir: Path, **changes: object) -> dict:
-    values = {
-        "kind": "tokenizer", "tokenizer": {"class": "VQImageTokenizer", **VQ_FIELDS, "dead_code_steps": 1},
-        "data": {"dataset": "shapes", "num_items": 64, "image_size": 16},
-        "optim": {"steps": 7, "batch_size": 8, "lr": 2e-3, "grad_accum_steps": 2},
-        "eval": {"num_items": 8},
-        "checkpoint": {"every": 2, "keep": 2},
-        "log_every": 1, "threads": 1, "output_dir": str(output_dir),
-    }
-    return _merge(values, changes)
-
-
-def _merge(values: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return values
-
-
-def write_config(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-def records(output_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
-    return [json.loads(line) for line in (output_dir / name).read_text().splitlines()]
-
-
-def losses(output_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in records(output_dir)}
-
-
-def report(output_dir: Path) -> dict:
-    return json.loads((output_dir / "eval.json").read_text())
-
-
-def folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -215,7 +150,7 @@ def test_fresh_run_refuses_an_output_dir_that_holds_a_run(tmp_path):
 def test_damaged_checkpoints_fail_clearly_and_change_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     config = write_config(tmp_path / "tok.yaml", tokenizer_config(run))
-    assert main(["train", str(config)]) == 0
+    assert main(["train", str(config), "--max-steps", "6"]) == 0  # stopped before its 7 steps: there is a run to resume
     checkpoints = run / "checkpoints"
     assert [p.name for p in list_checkpoints(checkpoints)] == ["step-00000004", "step-00000006"]  # keep: 2
 

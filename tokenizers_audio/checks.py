@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tokenizers_visual.checks import check_ids_in_range
+from tokenizers_visual.checks import check_ids_in_range, check_index
 
-__all__ = ["check_audio", "check_lengths", "check_ids_in_range", "MAX_ABS_SAMPLE"]
+__all__ = ["check_audio", "check_lengths", "check_ids_in_range", "check_index", "MAX_ABS_SAMPLE"]
 
 MAX_ABS_SAMPLE = 1.5  # waveforms live in [-1, 1]; beyond this they are in another range (e.g. int16)
 
@@ -49,7 +49,10 @@ def check_lengths(lengths: torch.Tensor | None, *, batch: int, max_len: int, nam
     """``lengths`` (samples per item of a padded batch) as a long tensor ``[B]`` in ``[1, max_len]``, or None."""
     if lengths is None:
         return None
-    lengths = torch.as_tensor(lengths)
+    try:
+        lengths = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be {batch} integer sample counts (one per item), got {lengths!r}") from None
     if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.shape != (batch,):
         raise ValueError(f"{name} must be {batch} integer sample counts (one per item), got {lengths.dtype} {tuple(lengths.shape)}")
     if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):

@@ -32,7 +32,7 @@ from mmgen.metrics import codebook_usage
 from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
-from .checks import check_ids_in_range
+from .checks import check_ids_in_range, check_index
 from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames, require_positive_int
 from .seanet import SEANetDecoder, SEANetEncoder
 
@@ -238,9 +238,7 @@ class MultiScaleAudioCodec(WaveformCodecMixin, PretrainedModel):
     def context_step(self, state: torch.Tensor | None, scale_index: int,
                      ids_Bn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``state`` is the running latent reconstruction (None before level 0); returns it and level k+1's inputs."""
-        if isinstance(scale_index, bool) or not isinstance(scale_index, int) or not 0 <= scale_index < self.num_levels:
-            raise ValueError(f"scale_index must be an int in [0, {self.num_levels}), got {scale_index!r}")
-        size = self.level_sizes[scale_index]
+        size = self.level_sizes[check_index("scale_index", scale_index, self.num_levels)]
         check_ids_in_range(ids_Bn, self.cfg.codebook_size, name="ids_Bn")
         if ids_Bn.dim() != 2 or ids_Bn.shape[1] != size:
             raise ValueError(f"ids_Bn of level {scale_index} must have shape [B, {size}], got {tuple(ids_Bn.shape)}")

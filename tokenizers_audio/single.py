@@ -101,6 +101,9 @@ class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
 
     def decode_latents(self, latents_BDt: torch.Tensor) -> torch.Tensor:
         """Latents ``[B, dim, t]`` → waveforms ``[B, 1, t · hop_length]`` (unclamped)."""
+        if not isinstance(latents_BDt, torch.Tensor) or latents_BDt.dim() != 3 or latents_BDt.shape[1] != self.cfg.dim:
+            got = tuple(latents_BDt.shape) if isinstance(latents_BDt, torch.Tensor) else type(latents_BDt).__name__
+            raise ValueError(f"latents must have shape [B, {self.cfg.dim}, t] (dim channels per frame), got {got}")
         return self.head(self.backbone(latents_BDt))
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

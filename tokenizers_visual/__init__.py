@@ -2,12 +2,27 @@
 
 Every tokenizer is a :class:`mmgen.hub.PretrainedModel` with ``encode``, ``decode``, ``layout`` and
 the training objective ``loss(images) -> (loss, logs)``; images are ``[B, 3, H, W]`` in [-1, 1].
+Each name imports its module on first use (:mod:`mmgen.lazy`): ``import tokenizers_visual`` is cheap.
 """
 
-from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
-from .kl import KLConfig, KLImageTokenizer
-from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
-from .vq import VQConfig, VQImageTokenizer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mmgen.lazy import attach
+
+if TYPE_CHECKING:
+    from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
+    from .kl import KLConfig, KLImageTokenizer
+    from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
+    from .vq import VQConfig, VQImageTokenizer
+
+__getattr__, __dir__ = attach(__name__, {
+    "flex": ("FlexImageTokenizer", "FlexImageTokenizerConfig"),
+    "kl": ("KLConfig", "KLImageTokenizer"),
+    "multiscale_vq": ("MultiScaleVQConfig", "MultiScaleVQTokenizer"),
+    "vq": ("VQConfig", "VQImageTokenizer"),
+})
 
 __all__ = [
     "FlexImageTokenizer",

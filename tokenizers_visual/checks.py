@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_images", "check_ids_in_range", "MAX_ABS_PIXEL"]
+__all__ = ["check_images", "check_ids_in_range", "check_index", "MAX_ABS_PIXEL"]
 
 MAX_ABS_PIXEL = 1.5  # images live in [-1, 1]; beyond this they are in another range (e.g. [0, 255])
 
@@ -35,3 +35,10 @@ def check_ids_in_range(ids: torch.Tensor, vocab_size: int, *, name: str = "ids")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
         raise ValueError(f"{name} holds {bad}, outside the codebook [0, {vocab_size})")
+
+
+def check_index(name: str, value: object, size: int) -> int:
+    """Raise unless ``value`` is an int in ``[0, size)`` (a negative index would silently count from the end)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+        raise ValueError(f"{name} must be an int in [0, {size}), got {value!r}")
+    return value

@@ -40,6 +40,13 @@ class LatentGridMixin:
         """The ``(h, w)`` token grid of a square image (``image_size`` defaults to the configured one)."""
         return latent_grid(self.cfg.image_size if image_size is None else image_size, self.cfg.downsample)
 
+    def check_grid(self, grid: Sequence[int], *, name: str) -> None:
+        """Raise unless ``grid`` is this tokenizer's ``grid_shape()``: another grid would decode to another image size."""
+        want = self.grid_shape()
+        if tuple(grid) != want:
+            raise ValueError(f"{name}: expected a {want[0]}x{want[1]} grid (the tokenizer's grid_shape for "
+                             f"{self.cfg.image_size}x{self.cfg.image_size} images), got {'x'.join(map(str, grid))}")
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, num_channels=channels, eps=1e-6)

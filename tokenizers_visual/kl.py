@@ -132,12 +132,15 @@ class KLImageTokenizer(LatentGridMixin, PretrainedModel):
         mean, logvar = self.posterior(images)
         if not sample:
             return mean
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__}")
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + (0.5 * logvar).exp() * noise
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B, latent_dim, h, w]`` → images ``[B, 3, h*f, w*f]`` clamped to [-1, 1]."""
+        """Latents ``[B, latent_dim, h, w]`` (the ``grid_shape()`` grid) → images ``[B, 3, h*f, w*f]`` clamped to [-1, 1]."""
         self._check_latents(latents)
+        self.check_grid(latents.shape[2:], name="latents")
         return self.decoder(latents).clamp(-1, 1)
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

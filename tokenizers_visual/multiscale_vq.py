@@ -31,7 +31,7 @@ from mmgen.hub import PretrainedModel
 from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
-from .checks import check_ids_in_range, check_images
+from .checks import check_ids_in_range, check_images, check_index
 from .conv import ConvDecoder, ConvEncoder, downsample_factor
 
 __all__ = [
@@ -394,7 +394,11 @@ class MultiScaleVQTokenizer(PretrainedModel):
         return self.quant_conv(self.encoder(images))
 
     def decode_f_hat(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Cumulative feature map → images in [-1, 1] (VAR's ``fhat_to_img``)."""
+        """Cumulative feature map ``[B, codebook_dim, h, w]`` → images in [-1, 1] (VAR's ``fhat_to_img``)."""
+        side, dim = self.cfg.patch_nums[-1], self.cfg.codebook_dim
+        if not isinstance(f_hat_BChw, torch.Tensor) or f_hat_BChw.dim() != 4 or tuple(f_hat_BChw.shape[1:]) != (dim, side, side):
+            got = tuple(f_hat_BChw.shape) if isinstance(f_hat_BChw, torch.Tensor) else type(f_hat_BChw).__name__
+            raise ValueError(f"f_hat must have shape [B, {dim}, {side}, {side}] (codebook_dim, the finest scale), got {got}")
         return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
 
     # ---- tokens ------------------------------------------------------------------------------
@@ -449,7 +453,7 @@ class MultiScaleVQTokenizer(PretrainedModel):
     # ---- next-scale generation -----------------------------------------------------------------
     def ids_to_codes(self, ids: torch.Tensor, *, scale_index: int) -> torch.Tensor:
         """One scale's ids (``[B, pn, pn]`` or ``[B, pn²]``) → its code map ``[B, codebook_dim, pn, pn]``."""
-        pn = self.cfg.patch_nums[scale_index]
+        pn = self.cfg.patch_nums[check_index("scale_index", scale_index, self.num_scales)]
         check_ids_in_range(ids, self.cfg.codebook_size)
         if ids.shape[1:] not in ((pn, pn), (pn * pn,)):
             raise ValueError(f"ids of scale {scale_index} must have shape [B, {pn}, {pn}] or [B, {pn * pn}], got {tuple(ids.shape)}")
@@ -478,9 +482,7 @@ class MultiScaleVQTokenizer(PretrainedModel):
         (decode it with :meth:`decode_f_hat`) and the next scale's input ``[B, pn_next², codebook_dim]``,
         or ``None`` after the last scale. ``codes_BChw`` may be soft (probability-weighted) codes.
         """
-        if not 0 <= scale_index < self.num_scales:
-            raise ValueError(f"scale_index must be in [0, {self.num_scales}), got {scale_index}")
-        pn = self.cfg.patch_nums[scale_index]
+        pn = self.cfg.patch_nums[check_index("scale_index", scale_index, self.num_scales)]
         if codes_BChw.dim() != 4 or tuple(codes_BChw.shape[1:]) != (self.cfg.codebook_dim, pn, pn):
             raise ValueError(f"codes of scale {scale_index} must have shape [B, {self.cfg.codebook_dim}, {pn}, {pn}], got {tuple(codes_BChw.shape)}")
         return self.quantizer.next_scale_input(scale_index=scale_index, f_hat_BChw=f_hat, codes_BChw=codes_BChw)

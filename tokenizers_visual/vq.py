@@ -267,8 +267,10 @@ class VQImageTokenizer(LatentGridMixin, PretrainedModel):
         return self.decoder(self.post_quant_conv(latents)).clamp(-1, 1)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Ids ``[B, h, w]`` → images ``[B, 3, h*f, w*f]`` in [-1, 1]."""
-        return self.decode_latents(self.ids_to_latents(ids))
+        """Ids ``[B, h, w]`` (the ``grid_shape()`` grid) → images ``[B, 3, h*f, w*f]`` in [-1, 1]."""
+        latents = self.ids_to_latents(ids)
+        self.check_grid(ids.shape[1:], name="ids")
+        return self.decode_latents(latents)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Straight-through reconstruction (unclamped), ids and VQ losses; updates usage stats in training."""

@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mmgen.files import write_atomically
 
-from .demo import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS
+from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS
+
+if TYPE_CHECKING:
+    import torch
+
+AUTO_DEVICE = "auto"  # --device default, resolved when parsed: `--help` then needs no torch
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Every shapes and tones prompt with each paradigm's shipped checkpoint: PNGs, grids, WAVs, manifest.json and index.html."""
-    from diffusers.utils import logging as diffusers_logging
-
     from .demo import run_demo
 
-    diffusers_logging.disable_progress_bar()  # diffusers' "Loading pipeline components" bars; the demo prints a summary
     start = time.perf_counter()
-    manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
-                        seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm,
-                        audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm)
+    with _quiet_loading():  # the demo prints a summary
+        manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
+                            seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm,
+                            audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm)
     audio = manifest["audio"]
     rows = [*manifest["paradigms"].items(), *((f"tones/{p}", info) for p, info in audio["paradigms"].items())]
     width = max((len(name) for name, _ in rows), default=0)
@@ -46,13 +49,30 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train what a YAML config describes (a tokenizer or a generator pipeline) with accelerate."""
-    from .training import Trainer, load_config
+    """Train what a YAML config describes (a tokenizer or a generator pipeline) with accelerate.
 
-    overrides = {"output_dir": str(args.output_dir)} if args.output_dir else None
+    Everything that can be checked without building a model (the config, the overrides, the output folder, the
+    checkpoint to resume from) is checked first, so a typo fails in a second, not after the set-up.
+    """
+    from .training import Trainer, TrainingInterrupted, check_run_start, load_config, parse_override
+
+    overrides = dict(parse_override(text) for text in args.set)
+    if args.output_dir:
+        overrides["output_dir"] = str(args.output_dir)
     cfg = load_config(args.config, overrides=overrides)
-    report = Trainer(cfg, config_path=str(args.config)).fit(resume=args.resume)
-    if "eval" in report:
+    check_run_start(cfg, resume=args.resume)
+    try:
+        report = Trainer(cfg, config_path=str(args.config)).fit(resume=args.resume, max_steps=args.max_steps)
+    except TrainingInterrupted as stop:
+        print(f"mmgen train: {stop}", file=sys.stderr)
+        return 130
+    if report.get("already_finished"):
+        print(f"mmgen train: the run in {cfg.output_dir} already finished at step {report['steps']} (eval.json); nothing "
+              "to do. Train longer with --set optim.steps=N, or start a new run with --output-dir")
+    elif "stopped_at" in report:
+        print(f"mmgen train: stopped at step {report['stopped_at']} of {cfg.optim.steps} (--max-steps); saved checkpoint "
+              f"{report['checkpoint']}; continue with --resume latest")
+    elif "eval" in report:
         print(json.dumps(report["eval"], indent=2, default=float))
     return 0
 
@@ -60,12 +80,38 @@ def _train(args: argparse.Namespace) -> int:
 MANIFEST = "manifest.json"
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading pipeline components" bars or loading warnings from diffusers and transformers: a command prints its own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    before = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
+    for library in libraries:
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, (verbosity, bar) in zip(libraries, before):
+            library.set_verbosity(verbosity)
+            if bar:
+                library.enable_progress_bar()
+
+
 def _default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _device(text: str) -> str:
-    """argparse type: a torch device name such as cpu, cuda or cuda:1."""
+    """argparse type: a torch device name such as cpu, cuda or cuda:1; ``auto`` is cuda if available, else cpu."""
+    import torch
+
+    if text == AUTO_DEVICE:
+        return _default_device()
     try:
         torch.device(text)
     except RuntimeError:
@@ -115,6 +161,8 @@ def _token_meta(cfg: Any, pipe: Any, tokens: torch.Tensor) -> dict[str, Any]:
 
 def _tokenize(args: argparse.Namespace) -> int:
     """Encode a generator config's dataset once into token shards that `train` reads through data.tokens."""
+    import torch
+
     from .training import build_pipeline, encode_dataset, load_config
     from .training.data import build_source, save_token_shards
     from .training.trainer import fit_latent_statistics
@@ -247,10 +295,13 @@ def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generat
 
 def _generate(args: argparse.Namespace) -> int:
     """Samples from a saved pipeline, one PNG (images) or WAV (audio) per sample (seed = --seed + index) and a manifest.json."""
+    import torch
+
     source = _pipeline_source(args.pipeline)
     out = Path(args.out)
     _check_targets(out, [], overwrite=args.overwrite)
-    pipe = _load_pipeline(source).to(args.device)
+    with _quiet_loading():
+        pipe = _load_pipeline(source).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     plan = _sample_plan(args, suffix=".wav" if pipe.tokenizer.modality == "audio" else ".png")
     _check_targets(out, plan, overwrite=args.overwrite)
@@ -311,7 +362,8 @@ def _add_tokenize(commands: Any) -> None:
                      help="empty or new folder for the shards (default: the config's data.tokens, else <output_dir>/tokens)")
     cmd.add_argument("--shard-size", type=_positive_int, default=16384, help="items per shard file (default 16384)")
     cmd.add_argument("--batch-size", type=_positive_int, default=256, help="samples encoded at once (default 256)")
-    cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
+    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
+                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
     cmd.set_defaults(run=_tokenize)
 
 
@@ -337,7 +389,8 @@ def _add_generate(commands: Any) -> None:
     cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
     cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
     cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
-    cmd.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: cuda if available, else cpu)")
+    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
+                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
     cmd.set_defaults(run=_generate)
 
 
@@ -397,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", type=Path, help="YAML run config, e.g. configs/shapes32/next-token.yaml")
     train.add_argument("--resume", default=None, help='"latest" or a checkpoint folder to continue from')
     train.add_argument("--output-dir", type=Path, default=None, help="where checkpoints, logs and the model go (overrides the config)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, dotted for nested ones, the value read as YAML; repeatable "
+                            "(--set optim.lr=1e-3 --set optim.steps=200)")
+    train.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                       help="stop at step N with a checkpoint; the schedule still follows optim.steps, so --resume "
+                            "latest later continues exactly as if never stopped")
     train.set_defaults(run=_train)
     _add_tokenize(commands)
     _add_generate(commands)
@@ -405,13 +464,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_stdout() -> None:
+    """Point stdout at devnull after its reader closed the pipe, so the interpreter's final flush fails no more (as the
+    Python docs advise for SIGPIPE)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader that went away (`mmgen info DIR | head`) shows here at the latest
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return 1
     except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"mmgen {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # `train` saves and says where; elsewhere nothing half-written is kept
+        print(f"mmgen {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ paradigm in ``checkpoints/tones`` (each reproducible by one ``mmgen train config
 loads them, generates every shapes prompt ("a red circle", ...) and every tones prompt ("a C4 tone", ...)
 with each, judges every image with :func:`mmgen.metrics.judge_shapes` and every clip with
 :func:`mmgen.metrics.judge_tones`, and writes into the output folder: one PNG per image and a grid per
-image paradigm, one WAV and one spectrogram PNG per clip (under ``tones/``), ``manifest.json`` and ``index.html``.
+image paradigm, one WAV and one spectrogram PNG per clip (under ``tones/``), ``manifest.json`` and ``index.html``:
+one static page (inline CSS, no scripts, no external files, readable from ``file://``) with a summary table
+(per paradigm: how it generates, GPT forwards per sample, prompt adherence, time), then every sample with its
+prompt, the judge's verdict and, on hover, its seed and time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +26,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmgen import __version__
 from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, class_parts, tone_caption, tone_class_parts
 from mmgen.files import write_atomically
 from mmgen.metrics import judge_shapes, judge_tones
 from mmgen.spectral import LOG_FLOOR, mel_spectrogram
 
-__all__ = ["AUDIO_CHECKPOINTS", "AUDIO_DESCRIPTIONS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "PARADIGMS", "run_demo"]
+from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS
 
-DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes32"
-PARADIGMS = {"next-token": "NextTokenPipeline", "next-scale": "NextScalePipeline", "next-x": "NextXPipeline"}
-AUDIO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "tones"
-AUDIO_PARADIGMS = {"next-token-rvq": "NextTokenPipeline", "next-scale": "NextScalePipeline", "next-token-single": "NextTokenPipeline"}
+__all__ = ["AUDIO_CHECKPOINTS", "AUDIO_DESCRIPTIONS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "DESCRIPTIONS", "PARADIGMS",
+           "run_demo"]
+
+DESCRIPTIONS = {  # formatted with the pipeline's config; the counts come from its program (see _cost)
+    "next-token": "one token per GPT forward, in raster order (LlamaGen-style)",
+    "next-scale": "a whole scale of tokens per GPT forward, coarse to fine, each scale seeing the picture so far (VAR-style)",
+    "next-x": "one {entity} of the token grid per GPT forward, all its positions drawn at once by the head (xAR-style)",
+}
 AUDIO_DESCRIPTIONS = {
-    "next-token-rvq": "RVQ codec, next-token in the delay pattern over 4 codebooks (MusicGen-style)",
-    "next-scale": "multi-scale codec, next-scale over a 13/25/50-token pyramid (VAR-style)",
+    "next-token-rvq": "RVQ codec, next-token in the delay pattern: one step per frame, codebook k delayed by k (MusicGen-style)",
+    "next-scale": "multi-scale codec, next-scale: a whole scale of its token pyramid per GPT forward, coarse to fine (VAR-style)",
     "next-token-single": "single-codebook codec, next-token with one token per frame",
 }
 AUDIO_FOLDER = "tones"  # clips go to tones/<paradigm>/: the audio and image paradigm names overlap (next-scale)
@@ -68,6 +77,8 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output folder {str(out_dir)!r} is a file; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"output folder {str(out_dir)!r} is not empty; pass --overwrite or choose another --out")
@@ -75,7 +86,9 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
     out_dir.mkdir(parents=True, exist_ok=True)
 
     prompts = [caption(c) for c in range(NUM_CLASSES)]
-    manifest: dict[str, Any] = {"sampling": SAMPLING, "seed": seed, "samples": [], "paradigms": {},
+    manifest: dict[str, Any] = {"mmgen_version": __version__, "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+                                "checkpoints": str(checkpoints), "samples_per_prompt": samples_per_prompt,
+                                "sampling": SAMPLING, "seed": seed, "samples": [], "paradigms": {},
                                 "audio": {"samples": [], "paradigms": {}, "skipped": skipped}}
     for paradigm in chosen:
         pipe = getattr(pipelines, PARADIGMS[paradigm]).from_pretrained(str(Path(checkpoints) / paradigm))
@@ -88,7 +101,7 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
         manifest["audio"]["paradigms"][paradigm] = _run_audio_paradigm(pipe, paradigm, tone_prompts, samples_per_prompt,
                                                                        seed, out_dir, manifest["audio"]["samples"])
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (out_dir / "index.html").write_text(_html(manifest))
+    (out_dir / "index.html").write_text(_html(manifest), encoding="utf-8")
     return manifest
 
 
@@ -133,8 +146,9 @@ def _run_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, see
                                     "seed": seeds[i], "seconds": seconds / len(seeds),
                                     "judged": {"shape": shape, "colour": colour}, "right": bool(ok)})
     save_grid(images, out_dir / f"grid-{paradigm}.png", rows=len(prompts) // 3)
-    return {"pipeline": type(pipe).__name__, "num_samples": len(seeds), "seconds": seconds,
-            "seconds_per_sample": seconds / len(seeds), "prompt_adherence": right / len(seeds)}
+    return {"pipeline": type(pipe).__name__, "description": DESCRIPTIONS[paradigm].format(**pipe.config), **_cost(pipe),
+            "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
+            "prompt_adherence": right / len(seeds)}
 
 
 def _run_audio_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
@@ -162,9 +176,20 @@ def _run_audio_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
         samples.append({"file": f"{stem}.wav", "spectrogram": f"{stem}.png", "paradigm": paradigm, "prompt": prompt,
                         "class_id": class_id, "seed": seeds[i], "seconds": seconds / len(seeds),
                         "judged": {"kind": kind, "root": root}, "right": bool(ok)})
-    return {"pipeline": type(pipe).__name__, "description": AUDIO_DESCRIPTIONS[paradigm], "sample_rate": rate,
+    return {"pipeline": type(pipe).__name__, "description": AUDIO_DESCRIPTIONS[paradigm], **_cost(pipe), "sample_rate": rate,
             "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
             "prompt_adherence": right / len(seeds)}
+
+
+def _cost(pipe: Any) -> dict[str, Any]:
+    """What one sample takes, read off the program the pipeline generates with rather than assumed per paradigm.
+
+    Each generation step is one GPT forward over the new positions (the prefix rides with the first; under
+    guidance the conditional and null rows share it as one doubled batch), so forwards = groups of the pattern.
+    """
+    program = pipe.program()
+    return {"tokenizer": type(pipe.tokenizer).__name__, "device": str(pipe.device),
+            "gpt_forwards_per_sample": program.num_steps, "positions_per_sample": program.num_positions}
 
 
 def _spectrograms(audio_B1T: torch.Tensor, *, sample_rate: int) -> np.ndarray:
@@ -179,44 +204,122 @@ def _spectrograms(audio_B1T: torch.Tensor, *, sample_rate: int) -> np.ndarray:
     return grey.round().to(torch.uint8).flip(1).numpy()
 
 
+STYLE = (
+    "body{margin:0;font:15px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2330;background:#f6f7f9}"
+    "main{max-width:1100px;margin:0 auto;padding:24px}h1{margin:0 0 4px;font-size:28px}"
+    "h2{margin-top:36px;padding-bottom:4px;border-bottom:1px solid #d8dce3}h3 small,td small,.settings,.verdict{color:#5b6474}"
+    "h3 small{font-weight:normal}.lead{font-size:17px}code{font-size:13px}"
+    "table{width:100%;border-collapse:collapse;background:#fff}th,td{padding:6px 10px;border-bottom:1px solid #e3e6eb;"
+    "text-align:left;vertical-align:top}td small{display:block}.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:104px;padding:4px;background:#fff;font-size:12px;"
+    "border:3px solid #2e9d4f;border-radius:6px}figure.miss{border-color:#d0453b}figure img{display:block;margin:0 auto 2px;"
+    "width:96px;height:96px;image-rendering:pixelated;background:#000}figure.audio{width:168px}.audio img{width:160px;height:64px}"
+    ".audio audio{width:160px;height:28px}.verdict{display:block}.ok b{color:#2e9d4f}.miss b{color:#d0453b}"
+)
+
+
 def _html(manifest: dict[str, Any]) -> str:
-    rows = []
-    for paradigm, info in manifest["paradigms"].items():
-        cells = "".join(
-            f'<figure class="{"ok" if s["right"] else "miss"}"><img src="{html.escape(s["file"])}" alt="{html.escape(s["prompt"])}">'
-            f"<figcaption>{html.escape(s['prompt'])}</figcaption></figure>"
-            for s in manifest["samples"] if s["paradigm"] == paradigm
-        )
-        rows.append(f"<h2>{paradigm} ({info['pipeline']})</h2><p>prompt adherence {info['prompt_adherence']:.0%} "
-                    f"over {info['num_samples']} samples (judged on pixels by mmgen.metrics.judge_shapes); "
-                    f"{info['seconds_per_sample'] * 1000:.0f} ms per sample</p><div class=grid>{cells}</div>")
-    style = ("body{font-family:sans-serif;background:#111;color:#eee} .grid{display:flex;flex-wrap:wrap;gap:6px}"
-             " figure{margin:0;width:100px;text-align:center;font-size:11px} img{width:96px;height:96px;"
-             "image-rendering:pixelated;border:2px solid #2a2} .miss img{border-color:#a22}"
-             " figure.clip{width:164px} .clip img{width:160px;height:64px} .clip audio{width:160px;height:28px}")
-    return (f"<!doctype html><meta charset=utf-8><title>mmgen demo</title><style>{style}</style>"
-            f"<h1>mmgen demo: shapes and tones prompts, one shipped pipeline per paradigm</h1><p>Green border: the judge reads "
-            f"the prompt's shape and colour (images) or kind and root note (audio); red: it does not. Sampling: "
-            f"{html.escape(json.dumps(manifest['sampling']))}, seed {manifest['seed']}.</p>"
-            + "".join(rows) + _audio_html(manifest["audio"]))
+    """The page: header, summary table, then every sample per paradigm; all text escaped, all files relative to it."""
+    images = "".join(_section("image", p, info, [s for s in manifest["samples"] if s["paradigm"] == p])
+                     for p, info in manifest["paradigms"].items())
+    if images:
+        images = ("<h2>Images: shapes prompts</h2><p>Each image enlarged, pixels kept sharp. A green frame: the judge "
+                  "(<code>mmgen.metrics.judge_shapes</code>, on the pixels) reads the prompt's shape and colour; red: it does not. "
+                  "Hover over a sample for its seed and generation time.</p>" + images)
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">"
+            f"<title>mmgen {html.escape(manifest['mmgen_version'])} demo</title><style>{STYLE}</style></head><body><main>"
+            + _header(manifest) + _summary(manifest) + images + _audio_html(manifest["audio"])
+            + '<footer><p>Everything on this page, machine-readable: <a href="manifest.json">manifest.json</a>.</p></footer>'
+            "</main></body></html>\n")
+
+
+def _header(manifest: dict[str, Any]) -> str:
+    """What the page shows and how it was made, in words: a reader should not need the manifest to follow it."""
+    made = datetime.fromisoformat(manifest["created"])
+    infos = [*manifest["paradigms"].values(), *manifest["audio"]["paradigms"].values()]
+    devices = ", ".join(sorted({info["device"] for info in infos})) or "no device"
+    prompts = " and ".join(f"every {name} prompt" for name, ran in (("shapes", manifest["paradigms"]),
+                                                                    ("tones", manifest["audio"]["paradigms"])) if ran)
+    n, sampling = manifest["samples_per_prompt"], manifest["sampling"]
+    return (f"<header><h1>mmgen demo</h1><p class=lead>Autoregressive generation with mmgen "
+            f"{html.escape(manifest['mmgen_version'])}: one small pipeline per paradigm generated {prompts or 'nothing'}, "
+            f"and an automatic judge checked each sample against its prompt.</p><p class=settings>Made on {made.day} {made:%B %Y at %H:%M} on "
+            f"{html.escape(devices)}: {n} sample{'' if n == 1 else 's'} per prompt, sample <i>i</i> seeded with "
+            f"{manifest['seed']} + <i>i</i>, classifier-free guidance scale {sampling['guidance_scale']:g}, temperature "
+            f"{sampling['temperature']:g}. Pipelines from <code>{html.escape(manifest['checkpoints'])}</code>.</p></header>")
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    """One row per paradigm, images then audio: the figures a reader compares first, each linked to its samples."""
+    rows = [*(("image", p, info) for p, info in manifest["paradigms"].items()),
+            *(("audio", p, info) for p, info in manifest["audio"]["paradigms"].items())]
+    body = "".join(
+        f'<tr><th scope=row><a href="#{kind}-{html.escape(p)}">{html.escape(p)}</a></th><td>{kind}</td>'
+        f'<td>{html.escape(info["description"])}<small>{_positions_in_words(info)}; '
+        f'{html.escape(info["pipeline"])} on {html.escape(info["tokenizer"])}</small></td>'
+        f'<td class=num>{info["gpt_forwards_per_sample"]}</td><td class=num>{info["num_samples"]}</td>'
+        f'<td class=num>{info["prompt_adherence"]:.0%}</td><td class=num>{info["seconds_per_sample"] * 1000:.0f}</td></tr>'
+        for kind, p, info in rows
+    )
+    return ("<h2>Summary</h2><p>Every paradigm runs on the same GPT trunk and sampler; they differ in how many token positions "
+            "one GPT forward draws, hence in how many forwards a sample takes (under guidance a forward carries the prompt "
+            "and the null condition as one batch). Prompt adherence: the share of samples in which the judge reads back "
+            "exactly what the prompt asks for.</p><table><thead><tr><th>Paradigm</th><th>Modality</th><th>How it generates</th>"
+            "<th class=num>GPT forwards per sample</th><th class=num>Samples</th><th class=num>Prompt adherence</th>"
+            f"<th class=num>ms per sample</th></tr></thead><tbody>{body}</tbody></table>")
+
+
+def _positions_in_words(info: dict[str, Any]) -> str:
+    """A sample's token positions against its forwards: "64 token positions, one per forward" or "30 ... in 4 forwards"."""
+    positions, forwards = info["positions_per_sample"], info["gpt_forwards_per_sample"]
+    return f"{positions} token positions, one per forward" if positions == forwards else f"{positions} token positions in {forwards} forwards"
+
+
+def _section(kind: str, paradigm: str, info: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    """A paradigm's samples after a line on how it generates them and how well they follow their prompts."""
+    right = sum(s["right"] for s in samples)
+    how = info["description"][:1].upper() + info["description"][1:]
+    batch = f"one batch of {info['num_samples']} in {info['seconds']:.2f} s"
+    figures = "".join(_figure(kind, s, batch) for s in samples)
+    return (f'<section id="{kind}-{html.escape(paradigm)}"><h3>{html.escape(paradigm)} <small>'
+            f'{html.escape(info["pipeline"])}</small></h3><p>{html.escape(how)}: {info["gpt_forwards_per_sample"]} GPT '
+            f'forwards per sample. Prompt adherence {info["prompt_adherence"]:.0%} ({right} of {len(samples)}), '
+            f'{info["seconds_per_sample"] * 1000:.0f} ms per sample.</p><div class=grid>{figures}</div></section>')
+
+
+def _figure(kind: str, sample: dict[str, Any], batch: str) -> str:
+    """One sample: its media (an image; a spectrogram above a player), the prompt, the verdict; seed and time on hover.
+
+    A paradigm's samples are generated as one ``batch``, so a sample's time is the batch's divided by its size.
+    """
+    prompt = html.escape(sample["prompt"])
+    if kind == "audio":
+        media = (f'<img src="{html.escape(sample["spectrogram"])}" alt="spectrogram of {prompt}">'
+                 f'<audio controls preload=none src="{html.escape(sample["file"])}"></audio>')
+    else:
+        media = f'<img src="{html.escape(sample["file"])}" alt="{prompt}">'
+    verdict = "✓ right" if sample["right"] else "✗ wrong"
+    hover = f"seed {sample['seed']}, generated in {sample['seconds'] * 1000:.0f} ms ({batch})"
+    return (f'<figure class="{kind} {"ok" if sample["right"] else "miss"}" title="{html.escape(hover)}">{media}'
+            f'<figcaption>{prompt}<span class=verdict><b>{verdict}</b>: {html.escape(_read(sample["judged"]))}</span>'
+            "</figcaption></figure>")
+
+
+def _read(judged: dict[str, str | None]) -> str:
+    """What the judge made of a sample, part by part ("read shape circle, colour ?"); "?" is a part it could not read."""
+    if not any(judged.values()):
+        return "read nothing"
+    return "read " + ", ".join(f"{part} {value or '?'}" for part, value in judged.items())
 
 
 def _audio_html(audio: dict[str, Any]) -> str:
-    """The tones section: per paradigm its description and adherence, per clip its spectrogram and a player."""
+    """The tones section: per paradigm its clips, then the paradigms skipped and why; nothing when audio was left out."""
     if not audio["paradigms"] and not audio["skipped"]:
         return ""
-    rows = []
-    for paradigm, info in audio["paradigms"].items():
-        cells = "".join(
-            f'<figure class="clip {"ok" if s["right"] else "miss"}" title="seed {s["seed"]}, generated in '
-            f'{s["seconds"] * 1000:.0f} ms"><img src="{html.escape(s["spectrogram"])}" alt="spectrogram of {html.escape(s["prompt"])}">'
-            f'<audio controls preload=none src="{html.escape(s["file"])}"></audio><figcaption>{html.escape(s["prompt"])}</figcaption></figure>'
-            for s in audio["samples"] if s["paradigm"] == paradigm
-        )
-        rows.append(f"<h3>{paradigm} ({info['pipeline']})</h3><p>{html.escape(info['description'])}. Prompt adherence "
-                    f"{info['prompt_adherence']:.0%} over {info['num_samples']} clips (judged on the spectrum by "
-                    f"mmgen.metrics.judge_tones); {info['seconds_per_sample'] * 1000:.0f} ms per clip</p><div class=grid>{cells}</div>")
+    sections = "".join(_section("audio", p, info, [s for s in audio["samples"] if s["paradigm"] == p])
+                       for p, info in audio["paradigms"].items())
     skipped = "".join(f"<p>{html.escape(p)}: skipped, {html.escape(why)}.</p>" for p, why in audio["skipped"].items())
     return ("<h2>Audio: tones prompts</h2><p>Each clip's log-mel spectrogram (low frequencies at the bottom, "
-            f"{SPECTROGRAM_RANGE_DB:.0f} dB below its peak) above a player; hover for its seed and generation time.</p>"
-            + "".join(rows) + skipped)
+            f"{SPECTROGRAM_RANGE_DB:.0f} dB below its peak) above a player. The frame is green when the judge "
+            "(<code>mmgen.metrics.judge_tones</code>, on the spectrum) reads the prompt's kind and root note, red when it does "
+            "not; hover for seed and generation time.</p>" + sections + skipped)

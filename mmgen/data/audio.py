@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import SPLITS, _item_rng
+from .images import SPLITS, _check_seed, _folder, _item_rng
 
 __all__ = [
     "TONE_KINDS",
@@ -85,7 +85,7 @@ def parse_tone_caption(text: str) -> int:
     """Class id of a caption written as :func:`tone_caption` writes it (case and extra spaces ignored)."""
     key = " ".join(text.strip().lower().split())
     if key not in _CAPTION_TO_ID:
-        raise ValueError(f"cannot parse caption {text!r}: expected 'a <root> tone', 'a <root> major chord', "
+        raise ValueError(f"cannot parse caption text={text!r}: expected 'a <root> tone', 'a <root> major chord', "
                          f"'a rising chirp from <root>' or 'a falling chirp from <root>' with root in {TONE_ROOTS}")
     return _CAPTION_TO_ID[key]
 
@@ -120,6 +120,8 @@ def render_tone(kind: str, root: str, *, sample_rate: int = 16000, seconds: floa
     """
     tone_class_id(kind, root)  # checks kind and root
     _check_rate_and_seconds(sample_rate, seconds)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be None or a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     num_samples = int(round(seconds * sample_rate))
     if rng is None:
         weights, phases = np.array([1.0, 0.5, 0.33, 0.25]), np.zeros(4)
@@ -171,7 +173,7 @@ class TonesDataset(Dataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         _check_rate_and_seconds(sample_rate, seconds)
-        self.length, self.split, self.seed = length, split, int(seed)
+        self.length, self.split, self.seed = length, split, _check_seed(seed)
         self.sample_rate, self.seconds = sample_rate, float(seconds)
 
     def __len__(self) -> int:
@@ -295,8 +297,9 @@ class SpeechClips(Dataset):
         for name, values in (("sentences", sentences), ("voices", voices), ("speeds", speeds)):
             if isinstance(values, str) or not values:
                 raise ValueError(f"{name} must be a non-empty sequence, got {values!r}")
-        if any(not isinstance(s, str) or not s.strip() for s in sentences):
-            raise ValueError(f"sentences must be non-empty strings, got {list(sentences)!r}")
+        for name, values in (("sentences", sentences), ("voices", voices)):
+            if any(not isinstance(s, str) or not s.strip() for s in values):
+                raise ValueError(f"{name} must be non-empty strings, got {list(values)!r}")
         if any(isinstance(s, bool) or not isinstance(s, int) or not 80 <= s <= 450 for s in speeds):
             raise ValueError(f"speeds must be ints in [80, 450] words per minute (espeak-ng's range), got {list(speeds)!r}")
         _espeak_path()
@@ -344,9 +347,7 @@ class AudioFolder(Dataset):
         import soundfile
 
         _check_rate_and_seconds(sample_rate, seconds)
-        self.root = Path(path)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"audio folder {str(self.root)!r} does not exist or is not a folder")
+        self.root = _folder("path", path, "audio")
         self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not self.paths:
             raise ValueError(f"audio folder {str(self.root)!r} holds no audio files (looked for {', '.join(AUDIO_SUFFIXES)}, recursively)")

@@ -11,6 +11,7 @@ be scored for prompt adherence; the photos are a small real-image set for recons
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from ..tokens import _check_positive, _check_real
 
 __all__ = [
     "SHAPES",
@@ -82,7 +85,7 @@ def parse_caption(text: str) -> int:
     """Class id of a caption written as :func:`caption` writes it (case and outer spaces ignored)."""
     words = text.strip().lower().split()
     if len(words) != 3 or words[0] != "a" or words[1] not in COLOURS or words[2] not in SHAPES:
-        raise ValueError(f"cannot parse caption {text!r}: expected 'a <colour> <shape>' with colour in {COLOURS} and shape in {SHAPES}")
+        raise ValueError(f"cannot parse caption text={text!r}: expected 'a <colour> <shape>' with colour in {COLOURS} and shape in {SHAPES}")
     return class_id(words[2], words[1])
 
 
@@ -130,8 +133,11 @@ def render_shape(shape: str, colour: str, *, size: int, centre: tuple[float, flo
     the apex at the top), then is rotated by ``rotation`` radians (clockwise on screen).
     """
     cid = class_id(shape, colour)
-    if size < 1 or radius <= 0:
-        raise ValueError(f"size and radius must be positive, got size={size}, radius={radius}")
+    _check_positive("size", size)
+    if not isinstance(centre, Sequence) or len(centre) != 2:
+        raise ValueError(f"centre must be a pair (x, y) in pixels, got {centre!r}")
+    if _check_real("radius", radius) <= 0:
+        raise ValueError(f"radius must be positive (pixels), got {radius!r}")
     coverage = _coverage(torch.tensor([cid // len(COLOURS)]), torch.tensor([centre], dtype=torch.float32),
                          torch.tensor([[radius, radius]], dtype=torch.float32), torch.tensor([float(rotation)]), size=size)
     return _paint(coverage, torch.tensor([cid % len(COLOURS)]))[0]
@@ -140,6 +146,22 @@ def render_shape(shape: str, colour: str, *, size: int, centre: tuple[float, flo
 def _item_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """An independent generator per (seed, stream, index): items don't depend on how they are batched."""
     return np.random.default_rng([int(seed), int(stream), int(index)])
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return int(seed)
+
+
+def _folder(name: str, path: object, what: str) -> Path:
+    """``path`` as an existing folder of ``what``, or an error naming the argument ``name``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name} {str(folder)!r}: the {what} folder does not exist or is not a folder")
+    return folder
 
 
 class ShapesDataset(Dataset):
@@ -155,11 +177,10 @@ class ShapesDataset(Dataset):
     def __init__(self, *, size: int = 32, length: int = 10000, split: str = "train", seed: int = 0) -> None:
         if not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8, got {size!r}")
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
+        _check_positive("length", length)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.size, self.length, self.split, self.seed = size, length, split, int(seed)
+        self.size, self.length, self.split, self.seed = size, length, split, _check_seed(seed)
 
     def __len__(self) -> int:
         return self.length
@@ -236,7 +257,7 @@ class PhotoCrops(Dataset):
         if unknown or not photos:
             raise ValueError(f"photos must be a non-empty subset of {PHOTO_NAMES}, got {list(photos)}")
         _require_skimage()
-        self.size, self.num_crops, self.seed, self.photos = size, num_crops, int(seed), tuple(photos)
+        self.size, self.num_crops, self.seed, self.photos = size, num_crops, _check_seed(seed), tuple(photos)
         crops = []
         for index in range(num_crops):
             photo = _load_photo(self.photos[index % len(self.photos)])
@@ -273,11 +294,8 @@ class ImageFolder(Dataset):
     modality = "image"  # batches hold the samples under this key
 
     def __init__(self, root: str | Path, *, size: int = 32) -> None:
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+        _check_positive("size", size)
+        self.root = _folder("root", root, "image")
         self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise ValueError(f"image folder {str(self.root)!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")

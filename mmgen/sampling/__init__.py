@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ..tokens import _check_real
 from .config import SamplingConfig
-from .guidance import GuidanceSchedule, apply_guidance
-from .params import check_inputs, describe_bad_rows
+from .guidance import GuidanceSchedule, combine_guidance
+from .params import _check_row_tensor, check_inputs, check_logits, describe_bad_rows
 from .reference import probs_and_validity
 from .sampler import BACKENDS, sample, triton_available
 
@@ -42,6 +43,20 @@ def filtered_probs(
     if N and not bool(valid_N.all()):
         raise ValueError(describe_bad_rows(params, logits, uncond_logits, valid_N))
     return probs_NV
+
+
+def apply_guidance(cond_NV: torch.Tensor, uncond_NV: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: float32 ``uncond + s * (cond - uncond)`` (exactly ``cond`` at ``s = 1``).
+
+    ``cond_NV`` and ``uncond_NV`` are float logits of one shape ``[N, V]``; ``scale`` is a number or a
+    per-row tensor ``[N]``. ``-inf`` in either input gives ``-inf`` (see :mod:`mmgen.sampling.guidance`).
+    """
+    num_rows, _ = check_logits(cond_NV, uncond_NV, names=("cond_NV", "uncond_NV"))
+    if isinstance(scale, torch.Tensor):
+        _check_row_tensor("scale", scale, num_rows, cond_NV.device)
+    else:
+        _check_real("scale", scale)
+    return combine_guidance(cond_NV, uncond_NV, scale)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .guidance import GuidanceSchedule
+from .guidance import GuidanceSchedule, check_schedule
 from .params import check_params
 from .sampler import BACKENDS, Backend, sample
 
@@ -33,6 +33,10 @@ class SamplingConfig:
     num_flow_steps: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_k", "top_p", "min_p", "guidance_scale"):
+            if isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"{name} must be a number in a SamplingConfig (per-row tensors go to "
+                                "mmgen.sampling.sample), got a tensor")
         check_params(
             num_rows=0,
             vocab_size=None,
@@ -49,7 +53,9 @@ class SamplingConfig:
         steps = self.num_flow_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"num_flow_steps must be None (the head's default) or a positive int, got {steps!r}")
-        _ = self.guidance  # building the schedule checks the guidance_* fields
+        check_schedule(scale=self.guidance_scale, kind=self.guidance_schedule, power=self.guidance_power,
+                       interval=self.guidance_interval,
+                       names=("guidance_scale", "guidance_schedule", "guidance_power", "guidance_interval"))
 
     @property
     def guidance(self) -> GuidanceSchedule:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .guidance import apply_guidance
+from .guidance import combine_guidance
 from .params import SamplingParams, sanitized
 from .rng import log_uniforms
 
@@ -80,7 +80,7 @@ def sample_fast(
         p=values["top_p"],
         q=values["min_p"],
     )
-    x_NV = logits_NV if uncond_NV is None else apply_guidance(logits_NV, uncond_NV, values["guidance_scale"])
+    x_NV = logits_NV if uncond_NV is None else combine_guidance(logits_NV, uncond_NV, values["guidance_scale"])
     if rows.greedy is True:
         ids_NS, valid_N = _greedy_rows(x_NV, num_samples)
     elif _any(_or(rows.greedy, _or(rows.has_k, _or(rows.has_p, rows.has_q)))):

@@ -37,13 +37,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tokens import _check_positive, _check_real
+
 _KINDS = ("constant", "linear", "power_cosine")
 
 
-def apply_guidance(cond_NV: torch.Tensor, uncond_NV: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Return float32 ``uncond + s * (cond - uncond)`` (exactly ``cond`` at ``s = 1``).
+def combine_guidance(cond_NV: torch.Tensor, uncond_NV: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Return float32 ``uncond + s * (cond - uncond)`` (exactly ``cond`` at ``s = 1``), arguments unchecked.
 
     ``scale`` is a number or a per-row tensor ``[N]``. ``-inf`` in either input gives ``-inf``.
+    :func:`mmgen.sampling.apply_guidance` is the checked entry point; the samplers, which have checked
+    their arguments already, call this.
     """
     c_NV = cond_NV.float()
     u_NV = uncond_NV.float()
@@ -70,23 +74,14 @@ class GuidanceSchedule:
     interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
-        if not math.isfinite(self.scale):
-            raise ValueError(f"scale must be finite, got {self.scale}")
-        if not (math.isfinite(self.power) and self.power > 0):
-            raise ValueError(f"power must be a finite value > 0, got {self.power}")
-        if self.interval is not None:
-            start, end = self.interval
-            if not 0.0 <= start < end:
-                raise ValueError(f"interval must be (start, end) with 0 <= start < end, got {self.interval}")
+        check_schedule(scale=self.scale, kind=self.kind, power=self.power, interval=self.interval)
 
     def scale_at(self, step: int, num_steps: int) -> float:
         """The guidance scale ``s`` at ``step`` (0-based) of ``num_steps``."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if not 0 <= step < num_steps:
-            raise ValueError(f"step must be in [0, num_steps) = [0, {num_steps}), got {step}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 and an int, got {num_steps!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
+            raise ValueError(f"step must be in [0, num_steps) = [0, {num_steps}), got {step!r} (steps are ints)")
         if self.interval is not None and not self.interval[0] <= step / num_steps < self.interval[1]:
             return 1.0
         if self.kind == "constant":
@@ -100,16 +95,38 @@ class GuidanceSchedule:
     @classmethod
     def from_llamagen(cls, *, cfg_scale: float, cfg_interval: int = -1, num_steps: int) -> GuidanceSchedule:
         """LlamaGen's ``cfg_scale`` / ``cfg_interval`` for a sequence of ``num_steps`` tokens."""
-        scale = max(1.0, cfg_scale)
+        _check_positive("num_steps", num_steps)
+        if isinstance(cfg_interval, bool) or not isinstance(cfg_interval, int):
+            raise TypeError(f"cfg_interval must be an int (a decode step; -1 = guide every step), got {cfg_interval!r}")
+        scale = max(1.0, _check_real("cfg_scale", cfg_scale))
         interval = None if cfg_interval < 0 else (0.0, (cfg_interval + 2) / num_steps)
         return cls(scale=scale, interval=interval)
 
     @classmethod
     def from_var(cls, *, cfg: float) -> GuidanceSchedule:
         """VAR's ``cfg`` (``(1 + t) cond - t uncond`` with ``t = cfg * si / (K - 1)``)."""
-        return cls(scale=1.0 + cfg, kind="linear")
+        return cls(scale=1.0 + _check_real("cfg", cfg), kind="linear")
 
     @classmethod
     def from_rar(cls, *, guidance_scale: float, guidance_scale_pow: float) -> GuidanceSchedule:
         """RAR's power-cosine ramp (``guidance_scale``, ``guidance_scale_pow``)."""
+        check_schedule(scale=guidance_scale, kind="power_cosine", power=guidance_scale_pow, interval=None,
+                       names=("guidance_scale", "kind", "guidance_scale_pow", "interval"))
         return cls(scale=guidance_scale, kind="power_cosine", power=guidance_scale_pow)
+
+
+def check_schedule(*, scale: object, kind: object, power: object, interval: object,
+                   names: tuple[str, str, str, str] = ("scale", "kind", "power", "interval")) -> None:
+    """Check a schedule's fields; ``names`` are what the caller calls scale, kind, power and interval."""
+    scale_name, kind_name, power_name, interval_name = names
+    if kind not in _KINDS:
+        raise ValueError(f"{kind_name} must be one of {_KINDS}, got {kind!r}")
+    _check_real(scale_name, scale)
+    _check_real(power_name, power, above=0)
+    if interval is None:
+        return
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise TypeError(f"{interval_name} must be None or a pair (start, end) of step fractions, got {interval!r}")
+    start, end = (_check_real(f"{interval_name}[{i}]", v) for i, v in enumerate(interval))
+    if not 0.0 <= start < end:
+        raise ValueError(f"{interval_name} must be (start, end) with 0 <= start < end, got {tuple(interval)}")

@@ -57,23 +57,28 @@ class RowParams:
     guidance_N: torch.Tensor
 
 
-def check_logits(logits: object, uncond_logits: object) -> tuple[int, int]:
-    """Check ``logits [N, V]`` (and ``uncond_logits``, same shape and device); return ``(N, V)``."""
-    _check_float_tensor("logits", logits)
+def check_logits(logits: object, uncond_logits: object, *,
+                 names: tuple[str, str] = ("logits", "uncond_logits")) -> tuple[int, int]:
+    """Check ``logits [N, V]`` (and ``uncond_logits``, same shape and device); return ``(N, V)``.
+
+    ``names`` are the two arguments' names in the caller's signature, for the messages.
+    """
+    name, uncond_name = names
+    _check_float_tensor(name, logits)
     if logits.dim() != 2:
         raise ValueError(
-            f"logits must have shape [N, V] (flatten batch and positions first), got {tuple(logits.shape)}"
+            f"{name} must have shape [N, V] (flatten batch and positions first), got {tuple(logits.shape)}"
         )
     if logits.shape[1] == 0:
-        raise ValueError("logits must have at least one column (V >= 1), got V = 0")
+        raise ValueError(f"{name} must have at least one column (V >= 1), got V = 0")
     if uncond_logits is not None:
-        _check_float_tensor("uncond_logits", uncond_logits)
+        _check_float_tensor(uncond_name, uncond_logits)
         if uncond_logits.shape != logits.shape:
             raise ValueError(
-                f"uncond_logits must have the shape of logits {tuple(logits.shape)}, got {tuple(uncond_logits.shape)}"
+                f"{uncond_name} must have the shape of {name} {tuple(logits.shape)}, got {tuple(uncond_logits.shape)}"
             )
         if uncond_logits.device != logits.device:
-            raise ValueError(f"uncond_logits must be on {logits.device} like logits, got {uncond_logits.device}")
+            raise ValueError(f"{uncond_name} must be on {logits.device} like {name}, got {uncond_logits.device}")
     return logits.shape[0], logits.shape[1]
 
 
@@ -198,12 +203,12 @@ def describe_bad_rows(
             )
             bad_N &= ~out_N
     if bad_N.any():
-        from .guidance import apply_guidance
+        from .guidance import combine_guidance
 
         x_NV = logits.float()
         where = "logits"
         if uncond_logits is not None:
-            x_NV = apply_guidance(logits, uncond_logits, params.guidance_scale)
+            x_NV = combine_guidance(logits, uncond_logits, params.guidance_scale)
             where = "logits after classifier-free guidance"
         x_NV = x_NV.cpu()
         for reason, hit_N in (

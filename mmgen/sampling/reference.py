@@ -2,7 +2,7 @@
 
 Every backend implements exactly these definitions; the tests compare them against this file.
 All arithmetic is float32. For one row, with ``x`` the logits after classifier-free guidance
-(:func:`mmgen.sampling.guidance.apply_guidance`) and ``T`` the temperature:
+(:func:`mmgen.sampling.apply_guidance`) and ``T`` the temperature:
 
 1. **Greedy** (``T == 0``): the id is ``argmax(x)``, the lowest index among equal maxima;
    the filters cannot change it (each keeps the maximum).
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .guidance import apply_guidance
+from .guidance import combine_guidance
 from .params import RowParams, SamplingParams, row_params
 
 
@@ -38,7 +38,7 @@ def combined_logits(
     logits_NV: torch.Tensor, uncond_NV: torch.Tensor | None, guidance: float | torch.Tensor
 ) -> torch.Tensor:
     """float32 logits after classifier-free guidance (or the logits themselves)."""
-    return logits_NV.float() if uncond_NV is None else apply_guidance(logits_NV, uncond_NV, guidance)
+    return logits_NV.float() if uncond_NV is None else combine_guidance(logits_NV, uncond_NV, guidance)
 
 
 def row_validity(x_NV: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,19 @@
 """Training on accelerate: one loop for tokenizers and generators, YAML configs, resumable checkpoints."""
 
 from .builders import build_pipeline, build_tokenizer, load_tokenizer
-from .config import CheckpointConfig, DataConfig, EvalConfig, OptimConfig, TrainConfig, load_config
-from .trainer import CheckpointError, Trainer, encode_dataset, list_checkpoints, train, verify_checkpoint, weights_sha256
+from .config import CheckpointConfig, DataConfig, EvalConfig, OptimConfig, TrainConfig, load_config, parse_override
+from .stopping import TrainingInterrupted
+from .trainer import (
+    CheckpointError,
+    Trainer,
+    check_run_start,
+    encode_dataset,
+    finished_report,
+    list_checkpoints,
+    train,
+    verify_checkpoint,
+    weights_sha256,
+)
 
 __all__ = [
     "TrainConfig",
@@ -11,8 +22,12 @@ __all__ = [
     "EvalConfig",
     "CheckpointConfig",
     "load_config",
+    "parse_override",
     "Trainer",
     "train",
+    "TrainingInterrupted",
+    "check_run_start",
+    "finished_report",
     "encode_dataset",
     "list_checkpoints",
     "CheckpointError",

@@ -6,7 +6,9 @@ data, with which optimiser, how it is evaluated and where it is written. Presets
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "TrainConfig", "load_config", "config_from_mapping"]
+__all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "TrainConfig", "load_config", "config_from_mapping", "parse_override", "apply_overrides"]
 
 KINDS = ("tokenizer", "generator")
 PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
@@ -23,6 +25,8 @@ CONDITIONS = ("class", "text", "text_encoder")
 DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
+PATH_KEYS = ("tokenizer", "data.tokens")  # relative to the config file when written in it
+FREE_MAPPINGS = ("tokenizer", "pipeline_args", "conditioner", "gpt", "head")  # free-form: their own classes check the keys
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # half precision halves shipped checkpoints; they load as float32
 
 
@@ -144,6 +148,9 @@ class TrainConfig:
                 raise ValueError("tokenizer: a generator config names the folder of a trained tokenizer (a string)")
         elif not isinstance(self.tokenizer, dict) or "class" not in self.tokenizer:
             raise ValueError("tokenizer: a tokenizer config is a mapping with a 'class' key and the config fields")
+        elif self.tokenizer.get("image_size", self.data.image_size) != self.data.image_size:
+            raise ValueError(f"tokenizer.image_size={self.tokenizer['image_size']!r} differs from data.image_size="
+                             f"{self.data.image_size}: a tokenizer learns and decodes the grid of its own image size")
         for name in ("data.sample_rate", "data.image_size", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
                      "eval.batch_size", "checkpoint.keep"):
             value = _lookup(self, name)
@@ -255,8 +262,55 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     raise ValueError(f"{key}: unsupported config type {hint}")
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` → ``("optim.lr", "1e-3")``: the value is read as YAML (``200`` an int, ``true`` a bool,
+    ``[1, 2]`` a list), so a command-line override gets exactly the checks of the same value in the file."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set: expected KEY=VALUE such as optim.lr=1e-3, got {text!r}")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"--set {key}: the value {raw!r} is not valid YAML ({err})") from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each dotted key of ``overrides`` set; a key that names no config field fails with the
+    closest field names, before anything is built."""
+    fields = _field_paths(TrainConfig)
+    merged = copy.deepcopy(values)
+    for dotted, value in overrides.items():
+        if dotted not in fields and not any(dotted.startswith(f"{name}.") for name in FREE_MAPPINGS):
+            close = difflib.get_close_matches(dotted, sorted(fields), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"--set {dotted}: no such config key{hint}")
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {dotted}: {'.'.join(parents[:i + 1])} is {child!r} in the config, not a mapping")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def _field_paths(cls: type, prefix: str = "") -> set[str]:
+    """Every settable dotted key of dataclass ``cls``: its fields and those of nested config dataclasses."""
+    hints = typing.get_type_hints(cls)
+    paths = set()
+    for f in dataclasses.fields(cls):
+        paths.add(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths |= _field_paths(hints[f.name], f"{prefix}{f.name}.")
+    return paths
+
+
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML run config; ``overrides`` (e.g. ``{"output_dir": ...}``) replace top-level keys."""
+    """Read a YAML run config; ``overrides`` replace keys, dotted for nested ones (``{"optim.lr": 1e-3}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -264,8 +318,15 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
-    values = dict(values or {})
-    values.update(overrides or {})
+    if values is None:
+        raise ValueError(f"{path} is empty (or only comments): a run config is a mapping of keys such as kind, tokenizer, "
+                         "data and optim (see configs/)")
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of config keys (kind: ..., tokenizer: ...), "
+                         f"got a {type(values).__name__}")
+    overrides = {key: str(Path(value).resolve()) if key in PATH_KEYS and isinstance(value, str) else value
+                 for key, value in (overrides or {}).items()}  # paths typed on the command line are relative to the cwd
+    values = apply_overrides(dict(values), overrides)
     if isinstance(values.get("tokenizer"), str) and not Path(values["tokenizer"]).is_absolute():
         values["tokenizer"] = str((path.parent / values["tokenizer"]).resolve())
     data = values.get("data")

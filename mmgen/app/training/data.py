@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,14 @@ def step_batches(batches: StepBatches, *, start: int, num_workers: int = 0, pin_
     steps = range(start, len(batches))
     if num_workers == 0:
         return (batches[step] for step in steps)
-    return DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=_ignore_stop_signals)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: workers keep preparing batches while the trainer saves and stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def save_token_shards(folder: str | Path, tokens: torch.Tensor, labels: torch.Tensor, *, shard_size: int,

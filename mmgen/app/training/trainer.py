@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +56,9 @@ from .data import (
     step_seed,
 )
 from .ema import EMA
+from .stopping import STOP_SIGNALS, StopRequests, TrainingInterrupted
 
-__all__ = ["Trainer", "train", "encode_dataset", "list_checkpoints", "verify_checkpoint", "lr_factor", "weights_sha256", "CheckpointError"]
+__all__ = ["Trainer", "TrainingInterrupted", "check_run_start", "finished_report", "train", "encode_dataset", "list_checkpoints", "verify_checkpoint", "lr_factor", "weights_sha256", "CheckpointError"]
 
 CHECKPOINT_PREFIX = "step-"
 LATENT_STATS_ITEMS = 2048
@@ -150,19 +152,20 @@ class Trainer:
         set_seed(cfg.seed)
         self.pipe = None
         if cfg.kind == "tokenizer":
+            source = build_source(cfg.data)
             self.model = build_tokenizer(cfg.tokenizer)
             objective: nn.Module = _TokenizerObjective(self.model)
-            source = build_source(cfg.data)
             fields: tuple[str, ...] = (source.modality,)
         else:
             captions = class_captions(cfg.data.dataset)
             if cfg.condition != "class" and captions is None:
                 raise ValueError(f"condition: {cfg.condition!r} needs captions; data.dataset {cfg.data.dataset!r} has none "
                                  "(text conditioning trains on the built-in shapes or tones)")
+            data = build_source(cfg.data)  # a missing or empty data folder fails before any model is built
             self.pipe = build_pipeline(cfg)
             self.model = self.pipe
             objective = _GeneratorObjective(self.pipe, condition=cfg.condition, cond_drop_prob=cfg.cond_drop_prob, captions=captions)
-            source, fields = self._generator_tokens(), ("tokens", "class_id")
+            source, fields = self._generator_tokens(data), ("tokens", "class_id")
         self.batches = StepBatches(source, fields=fields, seed=cfg.seed, batch_size=cfg.optim.batch_size,
                                    num_steps=cfg.optim.steps, rank=acc.process_index, world_size=acc.num_processes)
         params = [p for p in objective.parameters() if p.requires_grad]
@@ -176,9 +179,8 @@ class Trainer:
         self.samples = 0  # trained on by this process since it started (not restored on resume)
 
     # ---- data ----------------------------------------------------------------------------------------
-    def _generator_tokens(self) -> TokenSource:
-        """Tokens and labels of the training images: read from ``data.tokens`` shards, or encoded once here."""
-        data = build_source(self.cfg.data)
+    def _generator_tokens(self, data: Any) -> TokenSource:
+        """Tokens and labels of the training samples ``data``: read from ``data.tokens`` shards, or encoded once here."""
         if self.cfg.data.tokens:
             tokens, labels, meta = load_token_shards(self.cfg.data.tokens)
             if meta.get("pipeline") != self.cfg.pipeline:
@@ -202,45 +204,88 @@ class Trainer:
         return [tuple(c[j].to(device) for c in chunks) for j in range(k)]
 
     # ---- loop ----------------------------------------------------------------------------------------
-    def fit(self, *, resume: str | None = None) -> dict[str, Any]:
+    def fit(self, *, resume: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
         """Train to ``optim.steps``; save checkpoints, the final model and ``eval.json``. Returns the final report.
 
         ``resume`` ("latest" or a checkpoint folder) restores the saved state first; the records of
         ``metrics.jsonl`` and ``eval.jsonl`` after that step (written by the interrupted run) are dropped and
-        the resumed run appends its own. Without ``resume``, an ``output_dir`` that already holds a run is refused.
+        the resumed run appends its own. Without ``resume``, an ``output_dir`` that already holds a run is refused;
+        resuming a finished run returns its report (``"already_finished": True``) and trains nothing.
+        ``max_steps`` stops at that global step with a checkpoint (the schedule still spans ``optim.steps``, so a
+        later resume continues exactly); the report then has ``"stopped_at"`` and ``"checkpoint"``.
+        SIGINT / SIGTERM end the current step, save a checkpoint and raise :class:`TrainingInterrupted`.
         """
         cfg, acc = self.cfg, self.accelerator
+        check_run_start(cfg, resume=resume)
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        finished = finished_report(cfg)
+        if resume is not None and finished is not None:
+            return {**finished, "already_finished": True}
         if resume is not None:
             self.load_checkpoint(resume)
-        else:
-            self._refuse_existing_run()
         self._open_outputs(resumed=resume is not None)
+        stop_at = min(cfg.optim.steps, max_steps or cfg.optim.steps)
         meter = _Meter()
         start, cpu_start, first_step = time.perf_counter(), time.process_time(), self.step
         self.objective.train()
         pin = acc.device.type == "cuda"
         bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=f"train {cfg.kind}", unit="step",
                    disable=not acc.is_main_process, dynamic_ncols=True)
-        for batch in step_batches(self.batches, start=self.step, num_workers=cfg.data.num_workers, pin_memory=pin):
-            logs = self._train_step(batch)
-            meter.add(logs)
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-            if self.step % cfg.log_every == 0 or self.step == cfg.optim.steps:
-                rate = (self.step - first_step) / (time.perf_counter() - start)
-                self._log({"step": self.step, "lr": self._lr(self.step - 1), "steps_per_s": rate, **self._reduce(meter.pop())})
-            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
-                self.evaluate_now()
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.optim.steps:
-                self.save_checkpoint()
-        bar.close()
+        stop_reason = "max_steps" if self.step >= stop_at and self.step < cfg.optim.steps else None
+        with StopRequests() as stop:
+            batches = step_batches(self.batches, start=self.step, num_workers=cfg.data.num_workers, pin_memory=pin)
+            for batch in batches if stop_reason is None else ():
+                logs = self._train_step(batch)
+                meter.add(logs)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+                if self.step % cfg.log_every == 0 or self.step == cfg.optim.steps:
+                    rate = (self.step - first_step) / (time.perf_counter() - start)
+                    self._log({"step": self.step, "lr": self._lr(self.step - 1), "steps_per_s": rate, **self._reduce(meter.pop())})
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
+                    self.evaluate_now()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.optim.steps:
+                    self.save_checkpoint()
+                stop_reason = self._agreed_stop(stop.received, at_max_steps=self.step >= stop_at)
+                if stop_reason is not None:
+                    break
+            bar.close()
+            if stop_reason is not None and self.step < cfg.optim.steps:
+                if meter.count:
+                    self._log({"step": self.step, "lr": self._lr(self.step - 1), **self._reduce(meter.pop())})
+                checkpoint = self._checkpoint_of_this_step()
+                for tracker in acc.trackers:
+                    tracker.finish()
+                if stop_reason != "max_steps":
+                    raise TrainingInterrupted(signal_name=stop_reason, step=self.step, checkpoint=checkpoint)
+                return {"kind": cfg.kind, "steps": self.step, "stopped_at": self.step, "checkpoint": str(checkpoint)}
         train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         acc.wait_for_everyone()
         report = self.finish(train_seconds=train_seconds, cpu_seconds=cpu_seconds)
         for tracker in acc.trackers:
             tracker.finish()
         return report
+
+    def _agreed_stop(self, received: str | None, *, at_max_steps: bool) -> str | None:
+        """Why to stop after this step ("SIGINT", "SIGTERM", "max_steps") or None; every process agrees, so all
+        of them save the same checkpoint (a signal may reach the ranks a step apart)."""
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            code = STOP_SIGNALS.index(getattr(signal, received)) + 1 if received else 0
+            code = int(acc.reduce(torch.tensor([code], device=acc.device), reduction="max").item())
+            received = signal.Signals(STOP_SIGNALS[code - 1]).name if code else None
+        if received is not None:
+            return received
+        return "max_steps" if at_max_steps else None
+
+    def _checkpoint_of_this_step(self) -> Path:
+        """The checkpoint of the current step: the periodic one if it was just written, else a new one."""
+        existing = list_checkpoints(self.checkpoint_dir)
+        if existing and existing[-1].name == f"{CHECKPOINT_PREFIX}{self.step:08d}":
+            return existing[-1]
+        return self.save_checkpoint()
 
     def _train_step(self, batch: tuple[Any, ...]) -> dict[str, float]:
         """One optimiser update; every random draw in it is seeded by ``(seed, step, rank)``. Returns its logs."""
@@ -283,12 +328,6 @@ class Trainer:
         return dict(zip(keys, values.tolist()))
 
     # ---- outputs -------------------------------------------------------------------------------------
-    def _refuse_existing_run(self) -> None:
-        for name in (METRICS_FILE, "checkpoints"):
-            if (self.output_dir / name).exists():
-                raise FileExistsError(f"output_dir {str(self.output_dir)!r} already holds a run ({name}); "
-                                      "continue it with --resume latest, or choose another output_dir")
-
     def _open_outputs(self, *, resumed: bool) -> None:
         """Create ``output_dir``; after a resume, drop the interrupted run's records beyond the checkpoint; start trackers."""
         acc = self.accelerator
@@ -358,12 +397,16 @@ class Trainer:
             report["export_dtype"] = self.cfg.export_dtype
             report["eval"] = self.evaluate()
             export = self.output_dir / ("pipeline" if self.cfg.kind == "generator" else "tokenizer")
+            staging = export.with_name(f".tmp-{export.name}")  # an interrupted export leaves the previous one whole
+            if staging.exists():
+                shutil.rmtree(staging)
+            self.model.to(export_dtype).save_pretrained(str(staging))
+            self.model.to(torch.float32)
+            self._write_model_card(staging, report)
             if export.exists():
                 shutil.rmtree(export)
-            self.model.to(export_dtype).save_pretrained(str(export))
-            self.model.to(torch.float32)
-            self._write_model_card(export, report)
-            (self.output_dir / "eval.json").write_text(json.dumps(report, indent=2, default=float))
+            staging.rename(export)
+            write_text_atomically(self.output_dir / "eval.json", json.dumps(report, indent=2, default=float))
         acc.log({f"eval/{k}": v for k, v in _flatten(report.get("eval", {})).items()}, step=self.step)
         acc.wait_for_everyone()
         return report
@@ -435,21 +478,52 @@ class Trainer:
         A damaged checkpoint raises :class:`CheckpointError` naming the file, before anything is read into the
         run or written to disk; "latest" does not fall back to an older one silently.
         """
-        if which == "latest":
-            found = list_checkpoints(self.checkpoint_dir)
-            if not found:
-                raise FileNotFoundError(f"--resume latest: no checkpoint in {self.checkpoint_dir}")
-            folder = found[-1]
-        else:
-            folder = Path(which)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"--resume {which}: no such checkpoint folder")
+        folder = resolve_checkpoint(self.checkpoint_dir, which)
         step = verify_checkpoint(folder)
         try:
             self.accelerator.load_state(str(folder))
         except Exception as err:  # a checkpoint of another model or accelerate version: say which folder
             raise CheckpointError(f"could not restore the run from checkpoint {folder}: {err}") from err
         self.step = step
+
+
+def resolve_checkpoint(checkpoint_dir: Path, which: str) -> Path:
+    """The folder ``--resume which`` names: the newest complete checkpoint for "latest", else ``which`` itself."""
+    if which == "latest":
+        found = list_checkpoints(checkpoint_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {checkpoint_dir} (a run saves one every "
+                                    "checkpoint.every steps and when it is stopped with Ctrl-C)")
+        return found[-1]
+    folder = Path(which)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--resume {which}: no such checkpoint folder")
+    return folder
+
+
+def check_run_start(cfg: TrainConfig, *, resume: str | None) -> None:
+    """Refuse a start that cannot work, before any model is built: a fresh run into an ``output_dir`` that holds
+    one, or a resume with no checkpoint to resume from (a finished run is fine: it is reported, not re-run)."""
+    output_dir = Path(cfg.output_dir)
+    if resume is None:
+        for name in (METRICS_FILE, "checkpoints"):
+            if (output_dir / name).exists():
+                raise FileExistsError(f"output_dir {str(output_dir)!r} already holds a run ({name}); "
+                                      "continue it with --resume latest, or choose another output_dir")
+    elif finished_report(cfg) is None:
+        verify_checkpoint(resolve_checkpoint(output_dir / "checkpoints", resume))
+
+
+def finished_report(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The ``eval.json`` report of a run in ``cfg.output_dir`` that reached ``optim.steps`` and exported its model."""
+    output_dir = Path(cfg.output_dir)
+    export = output_dir / ("pipeline" if cfg.kind == "generator" else "tokenizer")
+    try:
+        report = json.loads((output_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    finished = isinstance(report, dict) and report.get("steps") == cfg.optim.steps and export.is_dir()
+    return report if finished else None
 
 
 def _build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
