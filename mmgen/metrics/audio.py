@@ -11,14 +11,14 @@ tone against chord — so class- or text-conditioned audio generators can be sco
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from ..data.audio import MAJOR_CHORD_SEMITONES, NUM_TONE_CLASSES, ROOT_HZ, TONE_ROOTS, tone_class_parts
 from ..spectral import mel_loss, multi_resolution_stft_loss
-from .images import codebook_usage
+from .images import _class_id_list, codebook_usage
 
 __all__ = [
     "si_sdr",
@@ -114,6 +114,8 @@ def codebook_usage_per_level(ids_BtK: torch.Tensor, codebook_size: int) -> list[
     if not isinstance(ids_BtK, torch.Tensor) or ids_BtK.dim() < 2:
         got = tuple(ids_BtK.shape) if isinstance(ids_BtK, torch.Tensor) else type(ids_BtK).__name__
         raise ValueError(f"ids_BtK must be an integer tensor [..., K] with the codebook level last, got {got}")
+    if ids_BtK.is_floating_point() or ids_BtK.dtype == torch.bool:
+        raise TypeError(f"ids_BtK must be an integer tensor [..., K], got {ids_BtK.dtype}")
     return [codebook_usage(ids_BtK[..., level], codebook_size) for level in range(ids_BtK.shape[-1])]
 
 
@@ -155,6 +157,23 @@ def judge_tones(audio_B1T: torch.Tensor, *, sample_rate: int = 16000) -> list[tu
     has neither. The root must be the nearest semitone to that pitch. A part it cannot read is ``None``:
     both for a mostly silent clip or noise.
     """
+    return [_read_track(*clip) for clip in _tone_frames(audio_B1T, sample_rate=sample_rate)]
+
+
+class _ClipFrames(NamedTuple):
+    """One clip's frame analysis (see :func:`judge_tones`): what the judge and the tone features read."""
+
+    centres_N: torch.Tensor  # frame centres, seconds
+    f0_N: torch.Tensor  # each frame's fundamental, Hz (meaningful where pitched)
+    sounding_N: torch.Tensor
+    pitched_N: torch.Tensor  # sounding, tonal and with a fundamental in F0_RANGE_HZ
+    mag_NF: torch.Tensor  # magnitude spectra up to the tonal band's top
+    freqs_F: torch.Tensor
+    duration: float  # seconds
+
+
+def _tone_frames(audio_B1T: torch.Tensor, *, sample_rate: int) -> list[_ClipFrames]:
+    """Per clip of ``audio_B1T`` (checked: mono, in [-1, 1], long enough): its 64 ms frames' fundamentals and spectra."""
     _check_rate(sample_rate)
     x = _check_audio(audio_B1T, "audio_B1T")
     if x.dim() != 3 or x.shape[1] != 1:
@@ -191,12 +210,33 @@ def judge_tones(audio_B1T: torch.Tensor, *, sample_rate: int = 16000) -> list[tu
     pitched_BN = sounding_BN & tonal_BN & candidate_BNF.any(-1)
 
     duration = x.shape[-1] / sample_rate
-    return [_read_track(centres_N, f0_BN[b], sounding_BN[b], pitched_BN[b], mag_BNF[b], freqs_F, duration=duration)
+    return [_ClipFrames(centres_N, f0_BN[b], sounding_BN[b], pitched_BN[b], mag_BNF[b], freqs_F, duration)
             for b in range(x.shape[0])]
 
 
+def _theil_sen_slope(t: np.ndarray, y: np.ndarray) -> float:
+    """Median slope over all pairs of points: a line fit robust to octave slips."""
+    i, j = np.triu_indices(len(t), k=1)
+    return float(np.median((y[j] - y[i]) / (t[j] - t[i])))
+
+
+def _chord_levels(mag_NF: torch.Tensor, freqs_F: torch.Tensor, f0_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per spectrum: levels of the partials at the major third and the fifth above its ``f0``, as fractions of ``f0``'s.
+
+    A partial's level is the highest magnitude within ``PARTIAL_WINDOW`` of its frequency (0 if no bin is).
+    """
+
+    def level(hz_N: torch.Tensor) -> torch.Tensor:
+        near_NF = (freqs_F - hz_N[:, None]).abs() <= PARTIAL_WINDOW * hz_N[:, None]
+        return torch.where(near_NF, mag_NF, torch.zeros(())).amax(-1)  # magnitudes are >= 0
+
+    fundamental_N = level(f0_N).clamp(min=1e-30)
+    third_N, fifth_N = (level(f0_N * 2.0 ** (s / 12)) / fundamental_N for s in MAJOR_CHORD_SEMITONES[1:])
+    return third_N, fifth_N
+
+
 def _read_track(centres_N: torch.Tensor, f0_N: torch.Tensor, sounding_N: torch.Tensor, pitched_N: torch.Tensor,
-                mag_NF: torch.Tensor, freqs_F: torch.Tensor, *, duration: float) -> tuple[str | None, str | None]:
+                mag_NF: torch.Tensor, freqs_F: torch.Tensor, duration: float) -> tuple[str | None, str | None]:
     """Kind and root of one clip from its frames' fundamentals (see :func:`judge_tones`)."""
     sounding = int(sounding_N.sum())
     pitched = int(pitched_N.sum())
@@ -204,8 +244,7 @@ def _read_track(centres_N: torch.Tensor, f0_N: torch.Tensor, sounding_N: torch.T
         return None, None
     t = centres_N[pitched_N].numpy()
     y = np.log2(f0_N[pitched_N].numpy())
-    i, j = np.triu_indices(len(t), k=1)
-    slope = float(np.median((y[j] - y[i]) / (t[j] - t[i])))  # Theil-Sen: robust to octave slips
+    slope = _theil_sen_slope(t, y)
     if abs(slope * duration) < CHIRP_MIN_OCTAVES:
         slope, kind = 0.0, "steady"
     else:
@@ -219,14 +258,8 @@ def _read_track(centres_N: torch.Tensor, f0_N: torch.Tensor, sounding_N: torch.T
         return kind, root
     frames = torch.from_numpy(np.flatnonzero(pitched_N.numpy())[on_track])
     spectrum_F = mag_NF[frames].pow(2).mean(0).sqrt()
-    f0 = 2.0 ** float(np.median(y[on_track]))
-
-    def level(hz: float) -> float:
-        near = (freqs_F - hz).abs() <= PARTIAL_WINDOW * hz
-        return float(spectrum_F[near].max()) if bool(near.any()) else 0.0
-
-    fundamental = level(f0)
-    third, fifth = (level(f0 * 2.0 ** (s / 12)) / max(fundamental, 1e-30) for s in MAJOR_CHORD_SEMITONES[1:])
+    f0 = torch.tensor([2.0 ** float(np.median(y[on_track]))], dtype=torch.float64)
+    third, fifth = (float(level[0]) for level in _chord_levels(spectrum_F[None], freqs_F, f0))
     if min(third, fifth) >= CHORD_LEVEL:
         return "major chord", root
     if max(third, fifth) < CHORD_LEVEL:
@@ -253,11 +286,9 @@ def judge_tone(audio: torch.Tensor, *, sample_rate: int = 16000) -> tuple[str | 
 
 def tone_adherence(audio_B1T: torch.Tensor, class_ids: torch.Tensor | Sequence[int], *, sample_rate: int = 16000) -> float:
     """Fraction of clips whose judged (kind, root) is exactly their class (see :mod:`mmgen.data`'s tones)."""
-    ids = torch.as_tensor(class_ids).flatten().tolist()
+    ids = _class_id_list(class_ids, num_classes=NUM_TONE_CLASSES)
     if not isinstance(audio_B1T, torch.Tensor) or audio_B1T.dim() != 3 or len(ids) != audio_B1T.shape[0] or not ids:
         got = tuple(audio_B1T.shape) if isinstance(audio_B1T, torch.Tensor) else type(audio_B1T).__name__
-        raise ValueError(f"need audio_B1T [B, 1, T] with B >= 1 and B class ids, got audio {got} and {len(ids)} ids")
-    if any(not 0 <= int(c) < NUM_TONE_CLASSES for c in ids):
-        raise ValueError(f"class ids must lie in [0, {NUM_TONE_CLASSES}), got {sorted(set(int(c) for c in ids))}")
+        raise ValueError(f"need audio_B1T [B, 1, T] with B >= 1 and B class ids, got audio {got} and {len(ids)} class_ids")
     hits = sum(judged == tone_class_parts(int(c)) for judged, c in zip(judge_tones(audio_B1T, sample_rate=sample_rate), ids))
     return hits / len(ids)

@@ -12,7 +12,8 @@ classifier.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+import numbers
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.images import COLOUR_RGB, COLOURS, NUM_CLASSES, SHAPES, _coverage, class_parts
+from ..tokens import _check_positive, _check_real
 
 __all__ = [
     "psnr",
@@ -34,18 +36,20 @@ __all__ = [
 ]
 
 DATA_RANGE = 2.0  # images in [-1, 1]
+MAX_ABS_PIXEL = 1.5  # a little overshoot is tolerated; more means another range ([0, 255])
 
 
 def _as_batch(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both images as float64 ``[B, C, H, W]`` of the same shape, or a clear error."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise TypeError(f"images must be torch tensors, got {type(a).__name__} and {type(b).__name__}")
+    if not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in (a, b)):
+        got = [x.dtype if isinstance(x, torch.Tensor) else type(x).__name__ for x in (a, b)]
+        raise TypeError(f"a and b must be float image tensors in [-1, 1], got {got[0]} and {got[1]}")
     if a.shape != b.shape:
-        raise ValueError(f"images must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() == 3:
         a, b = a[None], b[None]
     if a.dim() != 4 or a.shape[0] == 0:
-        raise ValueError(f"images must be [B, C, H, W] or [C, H, W] with B >= 1, got {tuple(a.shape)}")
+        raise ValueError(f"a and b must be images [B, C, H, W] or [C, H, W] with B >= 1, got {tuple(a.shape)}")
     return a.detach().double(), b.detach().double()
 
 
@@ -74,10 +78,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window_size: int = 11, sigma: floa
     pixels on each side. Same as ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
     use_sample_covariance=False, data_range=2)``.
     """
+    _check_positive("window_size", window_size)
+    _check_real("sigma", sigma, above=0)
     a, b = _as_batch(a, b)
     channels, height, width = a.shape[1:]
     if height < window_size or width < window_size:
-        raise ValueError(f"ssim needs images of at least {window_size}x{window_size} pixels, got {height}x{width}")
+        raise ValueError(f"ssim needs images of at least {window_size}x{window_size} pixels (window_size), got {height}x{width}")
     g = _gaussian_window(window_size, sigma)
     kernel = (g[:, None] * g[None, :]).expand(channels, 1, window_size, window_size)
 
@@ -100,8 +106,7 @@ def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     that would give the same entropy (``codebook_size`` at best, 1 if one code takes everything).
     ``ids`` may have any shape; every entry counts once.
     """
-    if not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"codebook_size must be a positive int, got {codebook_size!r}")
+    _check_positive("codebook_size", codebook_size)
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
         got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise TypeError(f"ids must be an integer tensor, got {got}")
@@ -149,29 +154,47 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
+def _extract_features(samples: torch.Tensor, *, feature_extractor: FeatureExtractor, batch_size: int = 64,
+                     name: str = "images") -> torch.Tensor:
+    """``feature_extractor`` over ``samples [N, ...]`` in batches of ``batch_size``: float64 ``[N, D]`` on the CPU.
+
+    An ``nn.Module`` extractor runs in ``eval()`` mode and is put back in its previous mode afterwards.
+    ``name`` is what errors call ``samples``.
+    """
+    if not isinstance(samples, torch.Tensor) or samples.dim() < 2 or samples.shape[0] < 2:
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"{name} must be a tensor [N, ...] with N >= 2 (a covariance needs two samples), got {got}")
+    if not callable(feature_extractor):
+        raise TypeError(f"feature_extractor must map {name} [N, ...] to features [N, D], got {type(feature_extractor).__name__}")
+    _check_positive("batch_size", batch_size)
+    was_training = isinstance(feature_extractor, nn.Module) and feature_extractor.training
+    if isinstance(feature_extractor, nn.Module):
+        feature_extractor.eval()
+    try:
+        chunks = [feature_extractor(samples[start:start + batch_size]) for start in range(0, samples.shape[0], batch_size)]
+    finally:
+        if was_training:
+            feature_extractor.train()
+    feats_ND = torch.cat([c.reshape(c.shape[0], -1) for c in chunks]).double().cpu()
+    if feats_ND.shape[0] != samples.shape[0]:
+        raise ValueError(f"feature_extractor must map N {name} to [N, D] features, got {feats_ND.shape[0]} rows for {samples.shape[0]}")
+    return feats_ND
+
+
+def _mean_covariance(feats_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[D]`` and unbiased covariance ``[D, D]`` of features ``[N, D]`` (N >= 2), what Fréchet compares."""
+    mean_D = feats_ND.mean(0)
+    centred = feats_ND - mean_D
+    return mean_D, centred.T @ centred / (feats_ND.shape[0] - 1)
+
+
 def feature_statistics(images: torch.Tensor, *, feature_extractor: FeatureExtractor,
                        batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``[D]`` and covariance ``[D, D]`` (float64) of ``feature_extractor`` over ``images`` ``[N, ...]``.
 
     An ``nn.Module`` extractor runs in ``eval()`` mode and is put back in its previous mode afterwards.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() < 2 or images.shape[0] < 2:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor [N, ...] with N >= 2 (a covariance needs two samples), got {got}")
-    was_training = isinstance(feature_extractor, nn.Module) and feature_extractor.training
-    if isinstance(feature_extractor, nn.Module):
-        feature_extractor.eval()
-    try:
-        chunks = [feature_extractor(images[start:start + batch_size]) for start in range(0, images.shape[0], batch_size)]
-    finally:
-        if was_training:
-            feature_extractor.train()
-    feats_ND = torch.cat([c.reshape(c.shape[0], -1) for c in chunks]).double().cpu()
-    if feats_ND.shape[0] != images.shape[0]:
-        raise ValueError(f"feature_extractor must map N images to [N, D] features, got {feats_ND.shape[0]} rows for {images.shape[0]}")
-    mean_D = feats_ND.mean(0)
-    centred = feats_ND - mean_D
-    return mean_D, centred.T @ centred / (feats_ND.shape[0] - 1)
+    return _mean_covariance(_extract_features(images, feature_extractor=feature_extractor, batch_size=batch_size))
 
 
 def fid(images_a: torch.Tensor, images_b: torch.Tensor, *, feature_extractor: FeatureExtractor, batch_size: int = 64) -> float:
@@ -207,11 +230,21 @@ def judge_shapes(images: torch.Tensor) -> list[tuple[str | None, str | None]]:
     if it is close enough (soft Jaccard distance at most ``MAX_SHAPE_ERROR``). Moments, unlike a
     thresholded bounding box, survive the blur and soft edges of generated images.
     """
+    return [_verdict(reading) for reading in _read_shapes(images)]
+
+
+def _read_shapes(images: torch.Tensor) -> list[_ShapeReading]:
+    """What the judge reads from each image ``[B, 3, H, H]`` in [-1, 1], after checking that it is one."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor [B, 3, H, H] (square) in [-1, 1], got {got}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a float tensor in [-1, 1], got {images.dtype}")
+    peak = float(images.detach().abs().max()) if images.numel() else 0.0
+    if not peak <= MAX_ABS_PIXEL:
+        raise ValueError(f"images must be in [-1, 1], got values up to {peak:.3g} (map [0, 255] images with x / 127.5 - 1)")
     x_BHW3 = ((images.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
-    return [_judge_one(x_HW3) for x_HW3 in x_BHW3]
+    return [_read_one(x_HW3) for x_HW3 in x_BHW3]
 
 
 def _nearest_colour(rgb_N3: torch.Tensor) -> torch.Tensor:
@@ -230,31 +263,54 @@ _SHAPE_MOMENTS = {
 TEMPLATE_SUPERSAMPLE = 2
 
 
-def _judge_one(x_HW3: torch.Tensor) -> tuple[str | None, str | None]:
+class _ShapeReading(NamedTuple):
+    """The judge's readings of one image, from which :func:`_verdict` decides; features read them too."""
+
+    foreground: float  # fraction of pixels whose brightest channel exceeds FOREGROUND_LEVEL
+    background: float  # mean brightest channel 2 px or more away from the foreground (0 if none is)
+    colour_idx: int  # nearest pure colour of the mean foreground pixel (-1 without foreground)
+    agreement: float  # fraction of foreground pixels whose own nearest colour is colour_idx
+    rgb_3: torch.Tensor  # mean foreground pixel in [0, 1] (zeros without foreground)
+    centre_2: torch.Tensor  # (x, y) centroid of that colour's coverage, in pixels
+    mass: float  # that coverage's sum (dim shapes filled to 1), in pixels
+    shape_error_S: torch.Tensor  # soft Jaccard distance to each of SHAPES' moment-matched templates
+
+
+def _read_one(x_HW3: torch.Tensor) -> _ShapeReading:
+    size = x_HW3.shape[0]
     bright_HW = x_HW3.amax(-1)
     foreground_HW = bright_HW > FOREGROUND_LEVEL
-    fraction = float(foreground_HW.float().mean())
-    if not MIN_FOREGROUND <= fraction <= MAX_FOREGROUND:
-        return None, None
     near_HW = F.max_pool2d(foreground_HW[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0  # shape + 2 px
-    if bool((~near_HW).any()) and float(bright_HW[~near_HW].mean()) > MAX_BACKGROUND_LEVEL:  # a big shape may leave none
-        return None, None
+    background = float(bright_HW[~near_HW].mean()) if bool((~near_HW).any()) else 0.0  # a big shape may leave none
+    if not bool(foreground_HW.any()):
+        return _ShapeReading(0.0, background, -1, 0.0, torch.zeros(3), torch.full((2,), size / 2), 0.0, torch.ones(len(SHAPES)))
     pixels_N3 = x_HW3[foreground_HW]
-    colour_idx = int(_nearest_colour(pixels_N3.mean(0, keepdim=True))[0])
-    if float((_nearest_colour(pixels_N3) == colour_idx).float().mean()) < MIN_COLOUR_AGREEMENT:
-        return None, None
-    rgb_3 = _PALETTE_K3[colour_idx]
-    coverage_HW = ((x_HW3 @ rgb_3) / rgb_3.pow(2).sum()).clamp(0.0, 1.0)
+    rgb_3 = pixels_N3.mean(0)
+    colour_idx = int(_nearest_colour(rgb_3[None])[0])
+    agreement = float((_nearest_colour(pixels_N3) == colour_idx).float().mean())
+    palette_3 = _PALETTE_K3[colour_idx]
+    coverage_HW = ((x_HW3 @ palette_3) / palette_3.pow(2).sum()).clamp(0.0, 1.0)
     coverage_HW = coverage_HW / coverage_HW[foreground_HW].median().clamp(min=FOREGROUND_LEVEL)  # dim shapes fill to 1
     coverage_HW = torch.where(near_HW, coverage_HW.clamp(0.0, 1.0), torch.zeros(()))
-    return _fit_shape(coverage_HW), COLOURS[colour_idx]
+    centre_2, error_S = _fit_shapes(coverage_HW)
+    return _ShapeReading(float(foreground_HW.float().mean()), background, colour_idx, agreement, rgb_3, centre_2,
+                         float(coverage_HW.sum()), error_S)
 
 
-def _fit_shape(coverage_HW: torch.Tensor) -> str | None:
-    """The shape whose moment-matched template overlaps ``coverage_HW`` best, if it fits closely enough."""
+def _verdict(reading: _ShapeReading) -> tuple[str | None, str | None]:
+    """``(shape, colour)`` from a reading (see :func:`judge_shapes`), ``None`` for what is unclear."""
+    if (not MIN_FOREGROUND <= reading.foreground <= MAX_FOREGROUND or reading.background > MAX_BACKGROUND_LEVEL
+            or reading.agreement < MIN_COLOUR_AGREEMENT):
+        return None, None
+    best = int(reading.shape_error_S.argmin())
+    return SHAPES[best] if float(reading.shape_error_S[best]) <= MAX_SHAPE_ERROR else None, COLOURS[reading.colour_idx]
+
+
+def _fit_shapes(coverage_HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroid ``(x, y)`` of ``coverage_HW`` and how badly each shape's moment-matched template overlaps it."""
     size = coverage_HW.shape[0]
     pos = torch.arange(size, dtype=torch.float32) + 0.5
-    mass = coverage_HW.sum()
+    mass = coverage_HW.sum().clamp(min=1e-6)
     mean_x = (coverage_HW.sum(0) * pos).sum() / mass
     mean_y = (coverage_HW.sum(1) * pos).sum() / mass
     var_x = (coverage_HW.sum(0) * (pos - mean_x).pow(2)).sum() / mass
@@ -269,9 +325,7 @@ def _fit_shape(coverage_HW: torch.Tensor) -> str | None:
                               torch.zeros(len(SHAPES)), size=size, supersample=TEMPLATE_SUPERSAMPLE)
     overlap = torch.minimum(templates_SHW, coverage_HW).flatten(1).sum(1)
     union = torch.maximum(templates_SHW, coverage_HW).flatten(1).sum(1)
-    error_S = 1.0 - overlap / union
-    best = int(error_S.argmin())
-    return SHAPES[best] if float(error_S[best]) <= MAX_SHAPE_ERROR else None
+    return torch.stack([mean_x, mean_y]), 1.0 - overlap / union
 
 
 def judge_shape(image: torch.Tensor) -> tuple[str | None, str | None]:
@@ -284,11 +338,22 @@ def judge_shape(image: torch.Tensor) -> tuple[str | None, str | None]:
 
 def prompt_adherence(images: torch.Tensor, class_ids: torch.Tensor | Sequence[int]) -> float:
     """Fraction of images whose judged (shape, colour) is exactly their class (see :mod:`mmgen.data`)."""
-    ids = torch.as_tensor(class_ids).flatten().tolist()
+    ids = _class_id_list(class_ids, num_classes=NUM_CLASSES)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(ids) != images.shape[0] or not ids:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"need images [B, 3, H, W] with B >= 1 and B class ids, got images {got} and {len(ids)} ids")
-    if any(not 0 <= int(c) < NUM_CLASSES for c in ids):
-        raise ValueError(f"class ids must lie in [0, {NUM_CLASSES}), got {sorted(set(int(c) for c in ids))}")
+        raise ValueError(f"need images [B, 3, H, W] with B >= 1 and B class ids, got images {got} and {len(ids)} class_ids")
     hits = sum(judged == class_parts(int(c)) for judged, c in zip(judge_shapes(images), ids))
     return hits / len(ids)
+
+
+def _class_id_list(class_ids: torch.Tensor | Sequence[int], *, num_classes: int) -> list[int]:
+    """``class_ids`` (a list or an integer tensor) as ints in ``[0, num_classes)``, or an error naming them."""
+    ids = class_ids.flatten().tolist() if isinstance(class_ids, (torch.Tensor, np.ndarray)) else class_ids
+    if isinstance(ids, str) or not isinstance(ids, Sequence) or not all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in ids):
+        got = class_ids.dtype if isinstance(class_ids, (torch.Tensor, np.ndarray)) else repr(class_ids)[:80]
+        raise TypeError(f"class_ids must be integer class ids (a list of ints or an integer tensor), got {got}")
+    bad = sorted({int(c) for c in ids if not 0 <= c < num_classes})
+    if bad:
+        raise ValueError(f"class_ids must hold class ids in [0, {num_classes}), got {bad}")
+    return [int(c) for c in ids]
