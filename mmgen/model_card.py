@@ -18,7 +18,7 @@ import yaml
 
 from .files import write_text_atomically
 
-__all__ = ["CARD_NAME", "PACKAGE_LICENSE", "loading_code", "render_model_card", "write_model_card"]
+__all__ = ["CARD_NAME", "PACKAGE_LICENSE", "loading_code", "render_model_card", "set_model_card_section", "write_model_card"]
 
 CARD_NAME = "README.md"
 BASE_TAGS = ("mmgen", "autoregressive", "image-generation")
@@ -70,6 +70,28 @@ def write_model_card(
         raise FileExistsError(f"{card} already exists; pass overwrite=True to replace it")
     text = render_model_card(title=title, config=config, data=data, training=training, metrics=metrics,
                              usage=usage, reproduce=reproduce, summary=summary, tags=tags, license=license)
+    write_text_atomically(card, text)
+    return card
+
+
+def set_model_card_section(folder: str | Path, heading: str, body: str) -> Path:
+    """Put ``## heading`` with ``body`` into ``folder/README.md``: an existing section of that heading is replaced
+    (up to the next ``## ``), else the section is appended; the rest of the card is kept as it is."""
+    _require_text("heading", heading)
+    _require_text("body", body)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} is not a directory")
+    card = folder / CARD_NAME
+    text = card.read_text() if card.is_file() else f"# {folder.name}\n"
+    section = f"## {heading.strip()}\n\n{body.strip()}\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == f"## {heading.strip()}"), None)
+    if start is None:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        text = "".join(lines[:start]) + section + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
     write_text_atomically(card, text)
     return card
 

@@ -1,8 +1,14 @@
-"""Prompt adherence of a pipeline on a built-in labelled set, judged by code on what it generates.
+"""Prompt adherence of a pipeline on a built-in labelled set, judged by code on what it generates, and how
+well its samples cover the data (:func:`generation_quality`).
 
 Shapes (images) are judged on pixels by :func:`mmgen.metrics.judge_shapes`, tones (audio) on the spectrum
 and pitch track by :func:`mmgen.metrics.judge_tones`. Both share one generation loop: every class asked
 ``samples_per_class`` times, by class id or by caption, each sample with its own seed.
+
+Adherence alone rewards a model that draws one perfect sample per prompt, so :func:`generation_quality`
+also compares the samples with as many held-out data items of the same classes: precision, recall, density,
+coverage and Fréchet distance in the judge's attribute space (and, for shapes, in the shipped feature
+network's), and the spread of the attributes a class leaves free (position and size; loudness and timbre).
 """
 
 from __future__ import annotations
@@ -14,12 +20,34 @@ from typing import Any
 import torch
 
 from mmgen.conditioning import ClassConditioner
-from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, class_parts, tone_caption, tone_class_parts
-from mmgen.metrics import judge_shapes, judge_tones
+from mmgen.data import (
+    NUM_CLASSES,
+    NUM_TONE_CLASSES,
+    ShapesDataset,
+    TonesDataset,
+    caption,
+    class_parts,
+    tone_caption,
+    tone_class_parts,
+)
+from mmgen.metrics import (
+    SHAPE_ATTRIBUTES,
+    TONE_ATTRIBUTES,
+    feature_frechet_distance,
+    judge_shapes,
+    judge_tones,
+    manifold_metrics,
+    shape_attributes,
+    shapes_net_features,
+    tone_attributes,
+)
 
 from .base import ARPipeline
 
-__all__ = ["shapes_adherence", "tones_adherence", "class_samples"]
+__all__ = ["shapes_adherence", "tones_adherence", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
+
+# What a class leaves to chance: the attributes whose spread the samples of one class should keep.
+FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
 
 
 @torch.inference_mode()
@@ -91,3 +119,56 @@ def tones_adherence(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size
     judged = judge_tones(audio_N1T, sample_rate=rate)
     result = _adherence(judged, labels, tone_class_parts, num_classes=NUM_TONE_CLASSES, names=("kind", "root"))
     return {**result, "seconds_per_clip": seconds / len(labels), "audios": audio_N1T, "sample_rate": rate}
+
+
+def generation_quality(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size: int | None = None, seed: int = 0,
+                       k: int = 5, **call_kwargs: Any) -> dict[str, Any]:
+    """Adherence (:func:`shapes_adherence` / :func:`tones_adherence`, chosen by the tokenizer's modality) plus
+    distribution figures against ``samples_per_class`` held-out data items of each class.
+
+    ``distribution``: ``{"attributes": {...}, "network": {...}}`` with precision, recall, density, coverage
+    (``k`` nearest neighbours) and ``frechet`` over all classes (``network``: the shipped shapes feature net,
+    images only); ``per_class_distribution``: the attribute-space figures per class (when
+    ``samples_per_class > k``); ``spread``: per free attribute (:data:`FREE_ATTRIBUTES`) the samples' standard
+    deviation within a class over the data's, averaged over classes (1.0: as varied as the data), and
+    ``spread_min`` the smallest. The samples are returned too (``images`` or ``audios``).
+    """
+    audio = pipe.tokenizer.modality == "audio"
+    if batch_size is None:
+        batch_size = NUM_TONE_CLASSES if audio else 2 * NUM_CLASSES
+    if audio:
+        result = tones_adherence(pipe, samples_per_class=samples_per_class, batch_size=batch_size, seed=seed, **call_kwargs)
+        fake, rate = result["audios"], result["sample_rate"]
+        real = TonesDataset(length=NUM_TONE_CLASSES * samples_per_class, split="heldout", seed=seed, sample_rate=rate,
+                            seconds=fake.shape[-1] / rate).batch(range(NUM_TONE_CLASSES * samples_per_class))["audio"]
+        real_NF, fake_NF = (tone_attributes(x, sample_rate=rate) for x in (real, fake))
+        names, num_classes, extra = TONE_ATTRIBUTES, NUM_TONE_CLASSES, {}
+    else:
+        result = shapes_adherence(pipe, samples_per_class=samples_per_class, batch_size=batch_size, seed=seed, **call_kwargs)
+        fake = result["images"]
+        real = ShapesDataset(size=fake.shape[-1], length=NUM_CLASSES * samples_per_class, split="heldout",
+                             seed=seed).batch(range(NUM_CLASSES * samples_per_class))["image"]
+        real_NF, fake_NF = shape_attributes(real), shape_attributes(fake)
+        names, num_classes = SHAPE_ATTRIBUTES, NUM_CLASSES
+        extra = {"network": _distribution(shapes_net_features(real), shapes_net_features(fake), k=k)}
+    real_labels = torch.arange(real_NF.shape[0]) % num_classes  # the built-in sets cycle their classes
+    fake_labels = torch.as_tensor([c for c in range(num_classes) for _ in range(samples_per_class)])
+    per_class = [_distribution(real_NF[real_labels == c], fake_NF[fake_labels == c], k=k) for c in range(num_classes)
+                 ] if samples_per_class > k else []
+    free = FREE_ATTRIBUTES["audio" if audio else "image"] if samples_per_class > 1 else ()  # a spread needs two per class
+    spread = {name: _spread_ratio(real_NF[:, names.index(name)], fake_NF[:, names.index(name)], real_labels, fake_labels,
+                                  num_classes=num_classes) for name in free}
+    return {**result, "distribution": {"attributes": _distribution(real_NF, fake_NF, k=k), **extra},
+            "per_class_distribution": per_class, "spread": spread, "spread_min": min(spread.values(), default=None)}
+
+
+def _distribution(real_NF: torch.Tensor, fake_NF: torch.Tensor, *, k: int) -> dict[str, float]:
+    return {**manifold_metrics(real_NF, fake_NF, k=k), "frechet": feature_frechet_distance(real_NF, fake_NF)}
+
+
+def _spread_ratio(real_N: torch.Tensor, fake_N: torch.Tensor, real_labels: torch.Tensor, fake_labels: torch.Tensor, *,
+                  num_classes: int) -> float:
+    """Mean over classes of std(fake) / std(real) of one attribute (affine-invariant, so standardised values do)."""
+    ratios = [float(fake_N[fake_labels == c].double().std() / real_N[real_labels == c].double().std().clamp(min=1e-12))
+              for c in range(num_classes)]
+    return sum(ratios) / len(ratios)

@@ -160,25 +160,25 @@ def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]
 
 
 def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = None) -> dict[str, Any]:
-    """Prompt adherence over ``samples_per_class`` samples of each class of the built-in set (shapes or tones);
-    a grid PNG (shapes) or one WAV per class (tones) in ``out_dir``."""
-    from pipelines.evaluate import shapes_adherence, tones_adherence
+    """Prompt adherence and distribution figures (:func:`pipelines.generation_quality`, as ``mmgen eval``) over
+    ``samples_per_class`` samples of each class of the built-in set (shapes or tones); a grid PNG (shapes) or
+    one WAV per class (tones) in ``out_dir``."""
+    from pipelines.evaluate import generation_quality
 
     ev = cfg.eval
     kwargs: dict[str, Any] = {"guidance_scale": GuidanceSchedule(scale=ev.guidance_scale, kind=ev.guidance_kind),
                               "temperature": ev.temperature, "top_k": ev.top_k, "top_p": ev.top_p, "min_p": ev.min_p}
     if ev.num_flow_steps is not None:
         kwargs["num_flow_steps"] = ev.num_flow_steps
+    if cfg.data.dataset not in ("shapes", "tones"):
+        return {}
+    result = generation_quality(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
     if cfg.data.dataset == "tones":
-        result = tones_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
         audios, rate = result.pop("audios"), result.pop("sample_rate")
         if out_dir is not None:
             first_of_class = audios[::ev.samples_per_class][:WAVS_PER_RUN]
             write_wavs(first_of_class, Path(out_dir) / "samples", sample_rate=rate, names=[f"class-{c:02d}" for c in range(len(first_of_class))])
         return result
-    if cfg.data.dataset != "shapes":
-        return {}
-    result = shapes_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
     images = result.pop("images")
     if out_dir is not None:
         save_grid(images, Path(out_dir) / "samples.png", rows=21)
