@@ -1,6 +1,8 @@
-"""Signals and helpers shared by the codec tests: short noisy sines and state snapshots."""
+"""Signals and helpers shared by the codec tests: short noisy sines, state snapshots, a few training steps."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 
@@ -19,3 +21,21 @@ def sines(batch: int = 2, samples: int = CLIP, *, seed: int = 0) -> torch.Tensor
 
 def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def adam_steps(codec: torch.nn.Module, batches: Iterable[torch.Tensor], *, lr: float = 1e-3) -> tuple[list[float], dict[str, float]]:
+    """One Adam step on ``codec.loss`` per batch, in training mode: the losses and the last step's logs."""
+    codec.train()
+    optimizer = torch.optim.Adam(codec.parameters(), lr=lr)
+    losses, logs = [], {}
+    for audio in batches:
+        loss, logs = codec.loss(audio)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, logs

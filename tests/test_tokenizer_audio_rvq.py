@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from audio_fixtures import adam_steps, state_of
 from loguru import logger
 
 from mmgen import DiscreteContent
@@ -32,16 +33,7 @@ def tones(batch: int = 4, samples: int = 1600, seed: int = 0) -> torch.Tensor:
 
 
 def train(codec: RVQAudioCodec, audio: torch.Tensor, steps: int, lr: float = 3e-3) -> list[float]:
-    optimizer = torch.optim.Adam(codec.parameters(), lr=lr)
-    codec.train()
-    history = []
-    for _ in range(steps):
-        loss, _ = codec.loss(audio)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
-    return history
+    return adam_steps(codec, [audio] * steps, lr=lr)[0]
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +195,7 @@ def test_encode_changes_no_state_in_either_mode():
     for _ in range(2):
         for mode in (True, False):
             codec.train(mode)
-            before = {k: v.clone() for k, v in codec.state_dict().items()}
+            before = state_of(codec)
             codec.encode(tones(2))
             for name, value in codec.state_dict().items():
                 assert torch.equal(value, before[name]), f"{name} changed by encode in {'train' if mode else 'eval'} mode"

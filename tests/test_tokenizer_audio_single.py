@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from audio_fixtures import CLIP, SR, sines, state_of
+from audio_fixtures import CLIP, SR, adam_steps, same_state, sines, state_of
 from pipeline_fixtures import build, gen
 
 from mmgen.protocol import check_tokenizer, has_scale_context
@@ -33,19 +33,10 @@ def tiny_codec(**overrides) -> SingleCodebookAudioCodec:
 
 
 
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @functools.lru_cache(maxsize=1)
 def _trained_state() -> dict[str, torch.Tensor]:
-    codec = tiny_codec().train()
-    opt = torch.optim.Adam(codec.parameters(), lr=1e-3)
-    for step in range(2):
-        loss, _ = codec.loss(sines(4, seed=step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    codec = tiny_codec()
+    adam_steps(codec, [sines(4, seed=step) for step in range(2)])
     return state_of(codec)
 
 
@@ -122,16 +113,8 @@ def test_lengths_zero_each_item_beyond_its_end():
 
 # ---- training and state --------------------------------------------------------------------------------
 def test_training_steps_reduce_the_loss_on_a_fixed_batch():
-    codec = tiny_codec().train()
-    x = sines(4)
-    opt = torch.optim.Adam(codec.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss, logs = codec.loss(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    codec = tiny_codec()
+    losses, logs = adam_steps(codec, [sines(4)] * 30)
     assert set(logs) == {"l1", "stft", "mel", "commit", "usage"}
     assert all(isinstance(v, float) and np.isfinite(v) for v in logs.values()) and 0 < logs["usage"] <= 1
     assert min(losses[-5:]) < 0.8 * losses[0], losses
