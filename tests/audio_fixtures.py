@@ -6,8 +6,20 @@ from collections.abc import Iterable
 
 import torch
 
+from tokenizers_audio import (
+    MultiScaleAudioCodec,
+    MultiScaleAudioConfig,
+    RVQAudioCodec,
+    RVQAudioConfig,
+    SingleCodebookAudioCodec,
+    SingleCodebookAudioConfig,
+)
+
 SR = 16000
 CLIP = 2000  # 0.125 s; hop 8 gives 250 latent frames
+JUDGED_CLIP = 4000  # 0.25 s: the shortest clip the tones judge reads
+TINY_TONES_CODEC = {"sample_rate": SR, "clip_samples": JUDGED_CLIP, "strides": [4, 5], "base_channels": 4, "dim": 8,
+                    "codebook_size": 16}
 
 
 def sines(batch: int = 2, samples: int = CLIP, *, seed: int = 0) -> torch.Tensor:
@@ -39,3 +51,13 @@ def adam_steps(codec: torch.nn.Module, batches: Iterable[torch.Tensor], *, lr: f
         optimizer.step()
         losses.append(loss.item())
     return losses, logs
+
+
+def tones_codec(kind: str) -> torch.nn.Module:
+    """A tiny random codec (``"rvq"``, ``"multiscale"`` or ``"single"``) for pipelines judged on tones, in eval mode."""
+    torch.manual_seed(0)
+    if kind == "rvq":
+        return RVQAudioCodec(RVQAudioConfig(**TINY_TONES_CODEC, num_quantizers=4, generator_quantizers=2)).eval()
+    if kind == "multiscale":
+        return MultiScaleAudioCodec(MultiScaleAudioConfig(**TINY_TONES_CODEC, codebook_dim=4)).eval()
+    return SingleCodebookAudioCodec(SingleCodebookAudioConfig(**TINY_TONES_CODEC, decoder_dim=16, decoder_layers=1)).eval()

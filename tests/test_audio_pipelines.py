@@ -15,6 +15,7 @@ import pytest
 import soundfile
 import torch
 import yaml
+from audio_fixtures import JUDGED_CLIP, SR, TINY_TONES_CODEC, tones_codec
 
 from mmgen import SamplingConfig
 from mmgen.app.cli import main
@@ -22,36 +23,21 @@ from mmgen.conditioning import ClassConditioner
 from mmgen.data import NUM_TONE_CLASSES, TonesDataset, tone_caption
 from pipelines import ARAudioPipelineOutput, NextScalePipeline, NextTokenPipeline
 from tokenizers_audio import (
-    MultiScaleAudioCodec,
-    MultiScaleAudioConfig,
     RVQAudioCodec,
-    RVQAudioConfig,
-    SingleCodebookAudioCodec,
-    SingleCodebookAudioConfig,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RATE, CLIP = 16000, 4000  # 0.25 s: the shortest clip the tones judge reads
-TINY = {"sample_rate": RATE, "clip_samples": CLIP, "strides": [4, 5], "base_channels": 4, "dim": 8, "codebook_size": 16}
+RATE, CLIP = SR, JUDGED_CLIP
 GPT = {"dim": 32, "n_layers": 1, "n_heads": 2}
 GREEDY = SamplingConfig(top_k=1)
-
-
-def _codec(kind: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if kind == "rvq":
-        return RVQAudioCodec(RVQAudioConfig(**TINY, num_quantizers=4, generator_quantizers=2)).eval()
-    if kind == "multiscale":
-        return MultiScaleAudioCodec(MultiScaleAudioConfig(**TINY, codebook_dim=4)).eval()
-    return SingleCodebookAudioCodec(SingleCodebookAudioConfig(**TINY, decoder_dim=16, decoder_layers=1)).eval()
 
 
 def _pipe(kind: str, **options) -> NextTokenPipeline | NextScalePipeline:
     conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_TONE_CLASSES))
     cls = NextScalePipeline if kind == "multiscale" else NextTokenPipeline
     names = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
-    pipe = cls.from_tokenizer(_codec(kind), conditioner=conditioner, gpt=GPT, class_names=names, **options)
+    pipe = cls.from_tokenizer(tones_codec(kind), conditioner=conditioner, gpt=GPT, class_names=names, **options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -120,7 +106,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`mmgen train` of a tiny RVQ codec on tones, then of a delay-pattern generator over it."""
     root = tmp_path_factory.mktemp("audio-run")
     data = {"dataset": "tones", "sample_rate": RATE, "clip_seconds": CLIP / RATE, "num_items": 56}
-    codec = {"kind": "tokenizer", "tokenizer": {"class": "RVQAudioCodec", **TINY, "num_quantizers": 4, "generator_quantizers": 2},
+    codec = {"kind": "tokenizer", "tokenizer": {"class": "RVQAudioCodec", **TINY_TONES_CODEC, "num_quantizers": 4, "generator_quantizers": 2},
              "data": data, "optim": {"steps": 3, "batch_size": 4}, "eval": {"num_items": 4}, "threads": 1,
              "output_dir": str(root / "codec")}
     assert main(["train", str(_write(root / "codec.yaml", codec))]) == 0

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
+from audio_fixtures import JUDGED_CLIP, SR, tones_codec
 from PIL import Image
+from pipeline_fixtures import count_gpt_forwards
 
 import mmgen
 import pipelines
@@ -17,22 +19,19 @@ from mmgen.app.cli import main
 from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, tone_caption
-from pipeline_fixtures import count_gpt_forwards
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
-from tokenizers_audio import (
-    MultiScaleAudioCodec,
-    MultiScaleAudioConfig,
-    RVQAudioCodec,
-    RVQAudioConfig,
-    SingleCodebookAudioCodec,
-    SingleCodebookAudioConfig,
+from tokenizers_visual import (
+    KLConfig,
+    KLImageTokenizer,
+    MultiScaleVQConfig,
+    MultiScaleVQTokenizer,
+    VQConfig,
+    VQImageTokenizer,
 )
-from tokenizers_visual import KLConfig, KLImageTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer, VQConfig, VQImageTokenizer
 
 NAMES = [caption(c) for c in range(NUM_CLASSES)]
 TONE_NAMES = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
-RATE, CLIP = 16000, 4000  # 0.25 s: the shortest clip the tones judge reads
-TINY_CODEC = {"sample_rate": RATE, "clip_samples": CLIP, "strides": [4, 5], "base_channels": 4, "dim": 8, "codebook_size": 16}
+RATE, CLIP = SR, JUDGED_CLIP
 
 
 def _pipeline(cls: type, tokenizer: torch.nn.Module, **config) -> object:
@@ -135,16 +134,12 @@ def tiny_audio_checkpoints(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tones")
     gpt = {"dim": 32, "n_layers": 1, "n_heads": 2}
-    codecs = {
-        "next-token-rvq": RVQAudioCodec(RVQAudioConfig(**TINY_CODEC, num_quantizers=4, generator_quantizers=2)),
-        "next-scale": MultiScaleAudioCodec(MultiScaleAudioConfig(**TINY_CODEC, codebook_dim=4)),
-        "next-token-single": SingleCodebookAudioCodec(SingleCodebookAudioConfig(**TINY_CODEC, decoder_dim=16, decoder_layers=1)),
-    }
+    codecs = {"next-token-rvq": tones_codec("rvq"), "next-scale": tones_codec("multiscale"), "next-token-single": tones_codec("single")}
     for paradigm, codec in codecs.items():
         cls = NextScalePipeline if paradigm == "next-scale" else NextTokenPipeline
         options = {"codebook_pattern": "delay"} if paradigm == "next-token-rvq" else {}
         conditioner = ClassConditioner(ClassConditionerConfig(dim=gpt["dim"], num_classes=NUM_TONE_CLASSES))
-        cls.from_tokenizer(codec.eval(), conditioner=conditioner, gpt=gpt, class_names=TONE_NAMES,
+        cls.from_tokenizer(codec, conditioner=conditioner, gpt=gpt, class_names=TONE_NAMES,
                            null_condition_trained=True, **options).save_pretrained(root / paradigm)
     return root
 
