@@ -288,8 +288,8 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         *parents, leaf = dotted.split(".")
         node = merged
         for i, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if child is None:
+            child = node.get(part)
+            if child is None:  # absent, or written as an empty mapping (``optim:``)
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise ValueError(f"--set {dotted}: {'.'.join(parents[:i + 1])} is {child!r} in the config, not a mapping")

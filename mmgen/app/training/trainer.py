@@ -56,7 +56,7 @@ from .data import (
     step_seed,
 )
 from .ema import EMA
-from .stopping import STOP_SIGNALS, StopRequests, TrainingInterrupted
+from .stopping import StopRequests, TrainingInterrupted
 
 __all__ = ["Trainer", "TrainingInterrupted", "check_run_start", "finished_report", "train", "encode_dataset", "list_checkpoints", "verify_checkpoint", "lr_factor", "weights_sha256", "CheckpointError"]
 
@@ -216,14 +216,15 @@ class Trainer:
         SIGINT / SIGTERM end the current step, save a checkpoint and raise :class:`TrainingInterrupted`.
         """
         cfg, acc = self.cfg, self.accelerator
-        check_run_start(cfg, resume=resume)
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        finished = finished_report(cfg)
-        if resume is not None and finished is not None:
-            return {**finished, "already_finished": True}
-        if resume is not None:
-            self.load_checkpoint(resume)
+        if resume is None:
+            check_run_start(cfg, resume=None)
+        else:
+            finished = finished_report(cfg)
+            if finished is not None:
+                return {**finished, "already_finished": True}
+            self.load_checkpoint(resume)  # resolves and verifies the checkpoint
         self._open_outputs(resumed=resume is not None)
         stop_at = min(cfg.optim.steps, max_steps or cfg.optim.steps)
         meter = _Meter()
@@ -273,9 +274,9 @@ class Trainer:
         of them save the same checkpoint (a signal may reach the ranks a step apart)."""
         acc = self.accelerator
         if acc.num_processes > 1:
-            code = STOP_SIGNALS.index(getattr(signal, received)) + 1 if received else 0
-            code = int(acc.reduce(torch.tensor([code], device=acc.device), reduction="max").item())
-            received = signal.Signals(STOP_SIGNALS[code - 1]).name if code else None
+            number = signal.Signals[received].value if received else 0
+            number = int(acc.reduce(torch.tensor([number], device=acc.device), reduction="max").item())
+            received = signal.Signals(number).name if number else None
         if received is not None:
             return received
         return "max_steps" if at_max_steps else None
