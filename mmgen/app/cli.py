@@ -206,16 +206,20 @@ def _pipeline_source(text: str) -> str:
     return text
 
 
-def _load_pipeline(source: str) -> Any:
-    """``ARPipeline.from_pretrained`` (it builds the saved class); a hub failure names both readings of ``source``."""
+def _load_pipeline(source: str, *, device: str) -> Any:
+    """``ARPipeline.from_pretrained`` (it builds the saved class) on ``device``, quietly and without progress bars;
+    a hub failure names both readings of ``source``."""
     import pipelines
 
     try:
-        return pipelines.ARPipeline.from_pretrained(source)
+        with _quiet_loading():
+            pipe = pipelines.ARPipeline.from_pretrained(source).to(device)
     except OSError as err:
         if Path(source).is_dir():
             raise
         raise FileNotFoundError(f"{source!r} is not a local folder, and loading it as a hub repo id failed: {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _slug(text: str) -> str:
@@ -248,12 +252,12 @@ def _check_targets(out: Path, plan: list[dict[str, Any]], *, overwrite: bool) ->
                               "pass --overwrite to replace them, or choose another folder")
 
 
-def _call_options(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Sampling options for the pipeline's __call__; --num-flow-steps only where the pipeline draws latents with a flow head."""
+def _sampling_options(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Sampling options (``_add_sampling_arguments``) for the pipeline's __call__; --num-flow-steps only where the
+    pipeline draws latents with a flow head."""
     from mmgen.tokens import ContinuousContent
 
-    options: dict[str, Any] = {"guidance_scale": args.guidance_scale, "temperature": args.temperature,
-                               "top_k": args.top_k, "top_p": args.top_p}
+    options: dict[str, Any] = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     if args.num_flow_steps is not None:
         flow = isinstance(pipe.head.content, ContinuousContent)
         if not flow or "num_flow_steps" not in inspect.signature(pipe.__call__).parameters:
@@ -307,12 +311,10 @@ def _generate(args: argparse.Namespace) -> int:
     source = _pipeline_source(args.pipeline)
     out = Path(args.out)
     _check_targets(out, [], overwrite=args.overwrite)
-    with _quiet_loading():
-        pipe = _load_pipeline(source).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_pipeline(source, device=args.device)
     plan = _sample_plan(args, suffix=".wav" if pipe.tokenizer.modality == "audio" else ".png")
     _check_targets(out, plan, overwrite=args.overwrite)
-    options = _call_options(pipe, args)
+    options = {"guidance_scale": args.guidance_scale, **_sampling_options(pipe, args)}
     _resolve_classes(pipe, plan)
     for first in range(0, len(plan), args.batch_size):
         batch = plan[first:first + args.batch_size]
@@ -342,14 +344,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--model-card writes into a local pipeline folder; {source!r} is a hub repo id")
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {str(args.out)!r} exists; pass --overwrite to replace it")
-    with _quiet_loading():
-        pipe = _load_pipeline(source).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_pipeline(source, device=args.device)
     guided = pipe.config.get("null_condition_trained", False)
     scales = args.guidance or ([1.0, 1.5, 2.0, 3.0, 4.0] if guided else [1.0])
-    options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    if args.num_flow_steps is not None:
-        options["num_flow_steps"] = args.num_flow_steps
+    options = _sampling_options(pipe, args)
     rows = sweep_guidance(pipe, guidance_scales=scales, samples_per_class=args.samples_per_class, seed=args.seed,
                           batch_size=args.batch_size, **options)
     table = quality_table(rows)
@@ -409,8 +407,7 @@ def _add_tokenize(commands: Any) -> None:
                      help="empty or new folder for the shards (default: the config's data.tokens, else <output_dir>/tokens)")
     cmd.add_argument("--shard-size", type=_positive_int, default=16384, help="items per shard file (default 16384)")
     cmd.add_argument("--batch-size", type=_positive_int, default=256, help="samples encoded at once (default 256)")
-    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
-                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
+    _add_device_argument(cmd)
     cmd.set_defaults(run=_tokenize)
 
 
@@ -429,16 +426,25 @@ def _add_generate(commands: Any) -> None:
     cmd.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i (default 0)")
     cmd.add_argument("--guidance-scale", type=float, default=1.0,
                      help="classifier-free guidance; != 1 needs a pipeline trained with a null condition (default 1.0)")
+    _add_sampling_arguments(cmd)
+    cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
+    cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
+    cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
+    _add_device_argument(cmd)
+    cmd.set_defaults(run=_generate)
+
+
+def _add_device_argument(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
+                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
+
+
+def _add_sampling_arguments(cmd: argparse.ArgumentParser) -> None:
+    """The sampling options ``generate`` and ``eval`` share (read back by ``_sampling_options``)."""
     cmd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     cmd.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens, 0 = all (default 0)")
     cmd.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
     cmd.add_argument("--num-flow-steps", type=_positive_int, default=None, help="flow steps per entity (NextXPipeline with a flow head)")
-    cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
-    cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
-    cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
-    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
-                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
-    cmd.set_defaults(run=_generate)
 
 
 def _add_eval(commands: Any) -> None:
@@ -454,17 +460,13 @@ def _add_eval(commands: Any) -> None:
                      help="guidance scales to sweep (default 1 1.5 2 3 4, or 1 for a pipeline without a null condition)")
     cmd.add_argument("--samples-per-class", type=_positive_int, default=10, help="samples per class (default 10)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
-    cmd.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    cmd.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens, 0 = all (default 0)")
-    cmd.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    cmd.add_argument("--num-flow-steps", type=_positive_int, default=None, help="flow steps per entity (NextXPipeline with a flow head)")
+    _add_sampling_arguments(cmd)
     cmd.add_argument("--batch-size", type=_positive_int, default=None, help="samples generated at once (default: 2 per class of shapes, 1 of tones)")
     cmd.add_argument("--out", type=Path, default=Path("eval.json"), help="where the figures go (default ./eval.json)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     cmd.add_argument("--model-card", action="store_true",
                      help=f"also put the table into the pipeline folder's README.md (section '{EVAL_CARD_HEADING}')")
-    cmd.add_argument("--device", type=_device, default=AUTO_DEVICE,
-                     help="torch device such as cpu or cuda:1 (default auto: cuda if available, else cpu)")
+    _add_device_argument(cmd)
     cmd.set_defaults(run=_eval)
 
 
