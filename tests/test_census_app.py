@@ -36,6 +36,7 @@ from pipeline_fixtures import (
 
 from mmgen.app.cli import main
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
+from mmgen.data import TonesDataset
 from pipelines import ARPipeline, NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_audio import MultiScaleAudioCodec, MultiScaleAudioConfig, RVQAudioCodec, RVQAudioConfig
 from tokenizers_audio import SingleCodebookAudioCodec, SingleCodebookAudioConfig
@@ -303,7 +304,9 @@ ROWS = [
     api("RVQ.decode: id beyond the codebook", lambda p: p.rvq.decode(_long(1, 10, 2, value=16)),
         ValueError, "ids holds 16, outside the codebook [0, 16)"),
     api("RVQ.streaming_encoder: a non-causal codec", lambda p: p.rvq.streaming_encoder(),
-        ValueError, "streaming needs a causal SEANetEncoder (causal=True)"),
+        ValueError, "streaming needs a codec built with causal=True"),
+    api("RVQ.streaming_decoder: a non-causal codec", lambda p: p.rvq.streaming_decoder(),
+        ValueError, "streaming needs a codec built with causal=True"),
     api("RVQ.to_positions: fewer codebooks than the generator models", lambda p: p.rvq.to_positions(_long(1, 10, 1)),
         ValueError, "ids has 1 codebooks; the generator models 2"),
     api("RVQ.discriminator_loss: no discriminator", lambda p: p.rvq.discriminator_loss(_audio()),
@@ -342,6 +345,25 @@ ROWS = [
     api("SingleCodebook.from_pretrained: a file",
         lambda p: SingleCodebookAudioCodec.from_pretrained(p.root / "single" / "config.json"),
         ValueError, "is neither a local folder nor a hub repo id"),
+    # ---- audio codec encoder and decoder kinds (tokenizers_audio.frontends) ----
+    api("RVQAudioConfig: an unknown encoder_type", lambda p: RVQAudioConfig(**AUDIO, encoder_type="mel"),
+        ValueError, "encoder_type must be one of ('seanet', 'stft'), got 'mel'"),
+    api("MultiScaleAudioConfig: an unknown decoder_type", lambda p: MultiScaleAudioConfig(**AUDIO, decoder_type="hifigan"),
+        ValueError, "decoder_type must be one of ('seanet', 'vocos', 'vocos-if'), got 'hifigan'"),
+    api("RVQAudioConfig: frame_weight with a seanet decoder", lambda p: RVQAudioConfig(**AUDIO, frame_weight=1.0),
+        ValueError, "frame_weight=1.0 trains the 'vocos-if' decoder's frames; decoder_type is 'seanet'"),
+    api("RVQAudioConfig: causal=True with an STFT encoder", lambda p: RVQAudioConfig(**AUDIO, causal=True, encoder_type="stft"),
+        ValueError, "causal=True needs encoder_type='seanet' and decoder_type='seanet' (they stream); got encoder_type='stft'"),
+    api("SingleCodebookAudioConfig: a seanet decoder", lambda p: SingleCodebookAudioConfig(**AUDIO, decoder_type="seanet"),
+        ValueError, "decoder_type must be one of ('vocos', 'vocos-if') (an inverse-STFT decoder), got 'seanet'"),
+    api("MultiScaleAudioConfig: an odd hop with an STFT encoder",
+        lambda p: MultiScaleAudioConfig(**{**AUDIO, "strides": [3, 3]}, encoder_type="stft"),
+        ValueError, "hop_length=9 (the product of strides) must be even for an STFT encoder or vocos decoder"),
+    # ---- TonesDataset ----
+    api("TonesDataset: a negative detune", lambda p: TonesDataset(length=4, detune=-1),
+        ValueError, "detune must be a number of semitones in [0, 24], got -1"),
+    api("TonesDataset: detune as text", lambda p: TonesDataset(length=4, detune="x"),
+        ValueError, "detune must be a number of semitones in [0, 24], got 'x'"),
     # ---- NextTokenPipeline.__call__ ----
     api("NextToken(): class 7 of 5", lambda p: p.nt(class_labels=[7]),
         ValueError, "unknown class id 7: class_labels must lie in [0, 5)"),

@@ -256,7 +256,7 @@ def test_streaming_equals_offline_for_the_causal_codec():
         parts.append(decoder.step(ids[:, start:start + size]))
         start += size
     assert (torch.cat(parts, -1) - audio).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="streaming needs a causal SEANetEncoder"):
+    with pytest.raises(ValueError, match="streaming needs a codec built with causal=True"):
         tiny_codec().streaming_encoder()
 
 

@@ -9,6 +9,7 @@ reconstruction terms (waveform L1, multi-resolution STFT, mel). The quantiser he
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from vector_quantize_pytorch import VectorQuantize
 from mmgen.spectral import DEFAULT_RESOLUTIONS, mel_loss, multi_resolution_stft_loss
 
 from .checks import check_audio, check_lengths
+from .frontends import FrontendFields, decode_for_loss
 
 __all__ = ["CodecConfig", "WaveformCodecMixin", "build_codebook", "quantize_frames", "require_positive_int"]
 
@@ -28,7 +30,7 @@ def require_positive_int(name: str, value: object) -> None:
 
 
 @dataclass
-class CodecConfig:
+class CodecConfig(FrontendFields):
     """Fields every codec of this package shares: audio, SEANet encoder, codebooks and loss weights.
 
     ``clip_samples`` is the training clip; the token spec (what a generator draws) is sized from it.
@@ -39,7 +41,8 @@ class CodecConfig:
     ``dead_code_fraction`` of a uniform share (frames per step / ``codebook_size``) is replaced by a
     frame of the batch, which revives a codebook that collapsed while the encoder moved.
     ``codebook_dim`` (None: ``dim``) factorises the lookup through a projection. The loss is ``l1_weight``·waveform L1 + ``stft_weight``·multi-resolution STFT (at
-    ``stft_resolutions``) + ``mel_weight``·log-mel L1 + the commitment loss times ``commitment_weight``.
+    ``stft_resolutions``) + ``mel_weight``·log-mel L1 + ``frame_weight``·the ``vocos-if`` decoder's frame loss + the
+    commitment loss times ``commitment_weight``. Encoder and decoder kinds: :mod:`tokenizers_audio.frontends`.
     """
 
     sample_rate: int = 16000
@@ -88,6 +91,7 @@ class CodecConfig:
         for name in ("dead_code_fraction", "commitment_weight", "l1_weight", "stft_weight", "mel_weight"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        self.check_frontend(hop_length=self.hop_length)
 
     @property
     def hop_length(self) -> int:
@@ -142,8 +146,13 @@ def quantize_frames(vq: VectorQuantize, x_BnD: torch.Tensor, *, update: bool,
     return vq.project_out(codes_BnC), ids_Bn, commit
 
 
+def _logged_only(term: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return term()
+
+
 class WaveformCodecMixin:
-    """Properties, input preparation and reconstruction terms shared by the codecs (needs ``self.cfg``)."""
+    """Properties, input preparation and reconstruction terms shared by the codecs (needs ``self.cfg`` and ``self.decoder``)."""
 
     cfg: CodecConfig
     modality = "audio"
@@ -187,15 +196,27 @@ class WaveformCodecMixin:
         return -(-lengths_B // self.hop_length)
 
     def reconstruction_terms(self, rec_B1T: torch.Tensor, audio_B1T: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Waveform L1, multi-resolution STFT and log-mel L1 between a reconstruction and its target (unweighted)."""
+        """Waveform L1, multi-resolution STFT and log-mel L1 between a reconstruction and its target (unweighted).
+
+        A term of weight 0 is still computed for the logs, without gradient (no backward pass through it)."""
         cfg = self.cfg
-        return {
-            "l1": F.l1_loss(rec_B1T, audio_B1T),
-            "stft": multi_resolution_stft_loss(rec_B1T, audio_B1T, resolutions=cfg.stft_resolutions),
-            "mel": mel_loss(rec_B1T, audio_B1T, sample_rate=cfg.sample_rate, n_fft=cfg.mel_n_fft,
-                            hop_length=cfg.mel_hop_length, n_mels=cfg.n_mels),
+        terms = {
+            "l1": (cfg.l1_weight, lambda: F.l1_loss(rec_B1T, audio_B1T)),
+            "stft": (cfg.stft_weight, lambda: multi_resolution_stft_loss(rec_B1T, audio_B1T, resolutions=cfg.stft_resolutions)),
+            "mel": (cfg.mel_weight, lambda: mel_loss(rec_B1T, audio_B1T, sample_rate=cfg.sample_rate, n_fft=cfg.mel_n_fft,
+                                                     hop_length=cfg.mel_hop_length, n_mels=cfg.n_mels)),
         }
+        return {name: _logged_only(term) if weight == 0 else term() for name, (weight, term) in terms.items()}
+
+    def decode_with_terms(self, latents_BDt: torch.Tensor, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Decode training latents once: the unclamped reconstruction and its loss terms (with ``"frames"`` if weighted)."""
+        rec_B1T, frames = decode_for_loss(self.decoder, latents_BDt, audio_B1T, self.cfg.frame_weight)
+        terms = self.reconstruction_terms(rec_B1T, audio_B1T)
+        if frames is not None:
+            terms["frames"] = frames
+        return rec_B1T, terms
 
     def weighted_loss(self, terms: dict[str, torch.Tensor], commit: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        return cfg.l1_weight * terms["l1"] + cfg.stft_weight * terms["stft"] + cfg.mel_weight * terms["mel"] + commit
+        total = cfg.l1_weight * terms["l1"] + cfg.stft_weight * terms["stft"] + cfg.mel_weight * terms["mel"] + commit
+        return total + cfg.frame_weight * terms["frames"] if "frames" in terms else total

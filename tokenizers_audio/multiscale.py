@@ -33,8 +33,14 @@ from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
 from .checks import check_ids_in_range, check_index
-from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames, require_positive_int
-from .seanet import SEANetDecoder, SEANetEncoder
+from .codec import (
+    CodecConfig,
+    WaveformCodecMixin,
+    build_codebook,
+    quantize_frames,
+    require_positive_int,
+)
+from .frontends import build_decoder, build_encoder
 
 __all__ = ["MultiScaleAudioConfig", "MultiScaleAudioCodec", "MultiScaleResidualVQ"]
 
@@ -129,9 +135,9 @@ class MultiScaleAudioCodec(WaveformCodecMixin, PretrainedModel):
         super().__init__()
         cfg = self._register_typed_config(config)
         self.cfg = cfg
-        self.encoder = SEANetEncoder(**self._encoder_args())
+        self.encoder = build_encoder(cfg, self._encoder_args())
         self.quantizer = MultiScaleResidualVQ(cfg)
-        self.decoder = SEANetDecoder(**self._encoder_args())
+        self.decoder = build_decoder(cfg, self._encoder_args())
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -256,10 +262,10 @@ class MultiScaleAudioCodec(WaveformCodecMixin, PretrainedModel):
         return self.decoder(z_hat_BDt), ids, commit
 
     def loss(self, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted waveform L1 + multi-resolution STFT + log-mel L1 + commitment, and float logs (usage per level)."""
+        """Weighted waveform L1 + multi-resolution STFT + log-mel L1 (+ frame loss) + commitment, and float logs (usage per level)."""
         audio_B1T = self.prepare_audio(audio_B1T)
-        rec_B1T, ids, commit = self(audio_B1T)
-        terms = self.reconstruction_terms(rec_B1T, audio_B1T)
+        z_hat_BDt, ids, commit = self.quantizer(self.encoder(audio_B1T), update=self.training)
+        _, terms = self.decode_with_terms(z_hat_BDt, audio_B1T)
         usage = [codebook_usage(ids_Bn, self.cfg.codebook_size)["usage"] for ids_Bn in ids]
         logs = {name: float(value.detach()) for name, value in terms.items()}
         logs.update(commit=float(commit.detach()), usage=sum(usage) / len(usage),

@@ -1,5 +1,9 @@
 """EnCodec/DAC-style audio codec: SEANet encoder → residual VQ over K codebooks → SEANet decoder.
 
+The encoder and decoder can also be the STFT-domain ones of :mod:`tokenizers_audio.frontends`
+(``encoder_type="stft"``, ``decoder_type="vocos"`` as Vocos decodes EnCodec tokens, or ``"vocos-if"``); the
+causal, streaming codec is SEANet's.
+
 A mono waveform ``[B, 1, T]`` at ``sample_rate`` becomes ids ``[B, t, K]`` with ``t = T / hop_length``
 frames (``hop_length = prod(strides)``: 320 at the default strides, 50 frames/s at 16 kHz). Codebook k
 quantises what codebooks 0..k-1 left over, so the first k columns of the ids are themselves a coarser
@@ -45,16 +49,17 @@ from mmgen.tokens import DiscreteContent
 
 from .checks import check_audio, check_ids_in_range, check_lengths
 from .codec import require_positive_int
-from .seanet import SEANetDecoder, SEANetEncoder, SEANetStream
+from .frontends import FrontendFields, build_decoder, build_encoder, decode_for_loss
+from .seanet import SEANetStream
 
 __all__ = ["MultiScaleSTFTDiscriminator", "RVQAudioCodec", "RVQAudioConfig", "RVQStreamingDecoder", "RVQStreamingEncoder"]
 
 
 @dataclass
-class RVQAudioConfig:
-    """Size, quantiser and loss options of an :class:`RVQAudioCodec`.
+class RVQAudioConfig(FrontendFields):
+    """Size, quantiser and loss options of an :class:`RVQAudioCodec` (encoder and decoder kinds: :class:`FrontendFields`).
 
-    ``clip_samples`` is the training clip: the token spec has ``clip_samples // hop_length`` frames.
+    ``clip_samples`` is the training clip: the token spec has ``ceil(clip_samples / hop_length)`` frames (encode pads the last).
     ``generator_quantizers`` is how many codebooks a generator models (the token spec's K; None = all
     ``num_quantizers``). ``quantizer_dropout_fraction`` of the training items draw their codebook count
     uniformly from 1..N, the rest use all N (1.0 as SoundStream/EnCodec; DAC uses 0.5 for a better full
@@ -112,6 +117,7 @@ class RVQAudioConfig:
                      "adversarial_weight", "feature_weight"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        self.check_frontend(hop_length=hop, causal=self.causal)
 
     @property
     def hop_length(self) -> int:
@@ -165,8 +171,8 @@ class RVQAudioCodec(PretrainedModel):
         backbone = {"channels": 1, "dim": cfg.dim, "base_channels": cfg.base_channels, "strides": cfg.strides,
                     "num_res_blocks": cfg.num_res_blocks, "kernel_size": cfg.kernel_size, "causal": cfg.causal,
                     "weight_norm": cfg.weight_norm}
-        self.encoder = SEANetEncoder(**backbone)
-        self.decoder = SEANetDecoder(**backbone)
+        self.encoder = build_encoder(cfg, backbone)
+        self.decoder = build_decoder(cfg, backbone)
         # commitment is computed here (masked per item), so the layers' own is off; quantize_dropout only
         # lets the library's get_output_from_indices accept fewer than N codebooks
         self.quantizer = ResidualVQ(
@@ -211,7 +217,7 @@ class RVQAudioCodec(PretrainedModel):
     def token_spec(self) -> TokenSpec:
         """One training clip's frames, each holding ids of the first ``generator_quantizers`` codebooks."""
         return TokenSpec(content=DiscreteContent((self.codebook_size,) * self.generator_quantizers),
-                         shape=(self.cfg.clip_samples // self.hop_length,))
+                         shape=(-(-self.cfg.clip_samples // self.hop_length),))
 
     def to_positions(self, ids_BtK: torch.Tensor) -> torch.Tensor:
         """The generator's codebooks: ``[B, t, generator_quantizers]``, or ``[B, t]`` for one codebook."""
@@ -291,12 +297,18 @@ class RVQAudioCodec(PretrainedModel):
         """Ids ``[B, t, K]`` (any K ≤ ``num_codebooks``) → audio ``[B, 1, t · hop_length]`` clamped to [-1, 1]."""
         return self.decoder(self.ids_to_latents(ids_BtK)).clamp(-1, 1)
 
+    def _check_streamable(self) -> None:
+        if not self.cfg.causal:
+            raise ValueError("streaming needs a codec built with causal=True (SEANet encoder and decoder that look only at the past)")
+
     def streaming_encoder(self, *, num_quantizers: int | None = None) -> RVQStreamingEncoder:
         """Encode chunk by chunk (each a multiple of ``hop_length`` samples) with the offline ids; needs ``causal=True``."""
+        self._check_streamable()
         return RVQStreamingEncoder(self, self._num_quantizers(num_quantizers))
 
     def streaming_decoder(self) -> RVQStreamingDecoder:
         """Decode chunk by chunk (any number of frames) with the offline audio; needs ``causal=True``."""
+        self._check_streamable()
         return RVQStreamingDecoder(self)
 
     # ---- training ---------------------------------------------------------------------------------------
@@ -351,16 +363,23 @@ class RVQAudioCodec(PretrainedModel):
         return self.decoder(quantized_BDt)[..., :length], ids_BtN, commit
 
     def loss(self, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted L1 + multi-resolution STFT + log-mel + commitment (+ adversarial and feature terms), and logs."""
+        """Weighted L1 + multi-resolution STFT + log-mel + commitment (+ frame, adversarial and feature terms), and logs."""
         cfg = self.cfg
-        recon_B1T, ids_BtN, commit = self(audio_B1T)
-        parts = {
-            "l1": F.l1_loss(recon_B1T, audio_B1T),
-            "stft": multi_resolution_stft_loss(recon_B1T, audio_B1T),
-            "mel": mel_loss(recon_B1T, audio_B1T, sample_rate=cfg.sample_rate),
-            "commit": commit,
-        }
+        length = audio_B1T.shape[-1]
+        prepared_B1T = self._prepare(audio_B1T, None, None)
+        quantized_BDt, ids_BtN, commit = self.quantize(self.encoder(prepared_B1T))
+        recon_B1T, frames = decode_for_loss(self.decoder, quantized_BDt, prepared_B1T, cfg.frame_weight)
+        recon_B1T = recon_B1T[..., :length]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.l1_weight + cfg.stft_weight + cfg.mel_weight > 0):
+            parts = {  # logged even when all three weights are 0 (then without a backward pass through them)
+                "l1": F.l1_loss(recon_B1T, audio_B1T),
+                "stft": multi_resolution_stft_loss(recon_B1T, audio_B1T),
+                "mel": mel_loss(recon_B1T, audio_B1T, sample_rate=cfg.sample_rate),
+            }
+        parts["commit"] = commit
         weights = {"l1": cfg.l1_weight, "stft": cfg.stft_weight, "mel": cfg.mel_weight, "commit": cfg.commitment_weight}
+        if frames is not None:
+            parts["frames"], weights["frames"] = frames, cfg.frame_weight
         if self.discriminator is not None:
             parts["adversarial"], parts["feature"] = self._generator_adversarial(recon_B1T, audio_B1T)
             weights.update(adversarial=cfg.adversarial_weight, feature=cfg.feature_weight)

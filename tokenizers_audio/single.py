@@ -5,6 +5,10 @@ A SEANet encoder maps a waveform to latents ``[B, dim, t]`` (hop 320: 50 frames/
 id per frame, and a Vocos-style decoder (ConvNeXt blocks at the frame rate, then an inverse STFT with
 ``hop = hop_length`` and ``n_fft = 4 · hop_length``) turns the codes back into exactly ``t · hop_length``
 samples. One codebook means one token per step for a next-token generator, with no codebook pattern.
+
+With ``encoder_type="stft"`` and ``decoder_type="vocos-if"`` (:mod:`tokenizers_audio.frontends`) the tokens need not
+carry phase: the decoder predicts each bin's instantaneous frequency and sums it into a coherent phase.
+That is what the tones preset uses; one codebook cannot hold a pitch and its phase at once.
 """
 
 from __future__ import annotations
@@ -19,34 +23,29 @@ from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
 from .checks import check_ids_in_range
-from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames, require_positive_int
-from .seanet import SEANetEncoder
-from .vocos import ISTFTHead, VocosBackbone
+from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames
+from .frontends import build_decoder, build_encoder
 
 __all__ = ["SingleCodebookAudioConfig", "SingleCodebookAudioCodec"]
+
+INVERSE_STFT_DECODERS = ("vocos", "vocos-if")
 
 
 @dataclass
 class SingleCodebookAudioConfig(CodecConfig):
-    """A :class:`CodecConfig` plus the Vocos decoder: ``decoder_layers`` ConvNeXt blocks of width ``decoder_dim``
-    (MLP ``decoder_intermediate_dim``, None: 3 × width). ``hop_length`` must be even ("same" iSTFT padding)."""
+    """A :class:`CodecConfig` whose decoder is an inverse STFT: ``"vocos"`` (absolute phase, WavTokenizer) or
+    ``"vocos-if"`` (instantaneous frequency), ``decoder_layers`` ConvNeXt blocks of width ``decoder_dim``."""
 
-    decoder_dim: int = 256
-    decoder_layers: int = 6
-    decoder_intermediate_dim: int | None = None
+    decoder_type: str = "vocos"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("decoder_dim", "decoder_layers"):
-            require_positive_int(name, getattr(self, name))
-        if self.decoder_intermediate_dim is not None:
-            require_positive_int("decoder_intermediate_dim", self.decoder_intermediate_dim)
-        if self.hop_length % 2:
-            raise ValueError(f"hop_length={self.hop_length} (the product of strides {self.strides}) must be even: the "
-                             f"inverse STFT (n_fft = 4 · hop) pads (n_fft − hop) / 2 samples on each side")
+        if self.decoder_type not in INVERSE_STFT_DECODERS:
+            raise ValueError(f"decoder_type must be one of {INVERSE_STFT_DECODERS} (an inverse-STFT decoder), got {self.decoder_type!r}")
 
     @property
     def n_fft(self) -> int:
+        """The decoder's inverse-STFT size (4 · hop)."""
         return 4 * self.hop_length
 
 
@@ -62,11 +61,9 @@ class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
         super().__init__()
         cfg = self._register_typed_config(config)
         self.cfg = cfg
-        self.encoder = SEANetEncoder(**self._encoder_args())
+        self.encoder = build_encoder(cfg, self._encoder_args())
         self.quantizer = build_codebook(cfg)
-        self.backbone = VocosBackbone(input_dim=cfg.dim, dim=cfg.decoder_dim, num_layers=cfg.decoder_layers,
-                                      intermediate_dim=cfg.decoder_intermediate_dim or 3 * cfg.decoder_dim)
-        self.head = ISTFTHead(dim=cfg.decoder_dim, hop_length=cfg.hop_length, n_fft=cfg.n_fft)
+        self.decoder = build_decoder(cfg, self._encoder_args())
 
     @property
     def num_tokens(self) -> int:
@@ -104,7 +101,7 @@ class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
         if not isinstance(latents_BDt, torch.Tensor) or latents_BDt.dim() != 3 or latents_BDt.shape[1] != self.cfg.dim:
             got = tuple(latents_BDt.shape) if isinstance(latents_BDt, torch.Tensor) else type(latents_BDt).__name__
             raise ValueError(f"latents must have shape [B, {self.cfg.dim}, t] (dim channels per frame), got {got}")
-        return self.head(self.backbone(latents_BDt))
+        return self.decoder(latents_BDt)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids ``[B, t]`` → waveforms ``[B, 1, t · hop_length]`` clamped to [-1, 1]."""
@@ -132,10 +129,10 @@ class SingleCodebookAudioCodec(WaveformCodecMixin, PretrainedModel):
         return self.decode_latents(q_BDt), ids_Bt, commit
 
     def loss(self, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted waveform L1 + multi-resolution STFT + log-mel L1 + commitment, and float logs."""
+        """Weighted waveform L1 + multi-resolution STFT + log-mel L1 (+ frame loss) + commitment, and float logs."""
         audio_B1T = self.prepare_audio(audio_B1T)
-        rec_B1T, ids_Bt, commit = self(audio_B1T)
-        terms = self.reconstruction_terms(rec_B1T, audio_B1T)
+        q_BDt, ids_Bt, commit = self._latents_to_frames(self.encoder(audio_B1T), update=self.training)
+        _, terms = self.decode_with_terms(q_BDt, audio_B1T)
         logs = {name: float(value.detach()) for name, value in terms.items()}
         logs.update(commit=float(commit.detach()), usage=codebook_usage(ids_Bt, self.cfg.codebook_size)["usage"])
         return self.weighted_loss(terms, commit), logs

@@ -54,6 +54,7 @@ MAJOR_CHORD_SEMITONES: tuple[int, ...] = (0, 4, 7)  # root, major third, fifth
 CHIRP_OCTAVES = {"rising chirp": 1.0, "falling chirp": -1.0}  # exponential sweep over the whole clip
 MAX_PARTIAL_FRACTION = 0.45  # of the sample rate: partials that would reach above are left out (no aliasing)
 _TONES_STREAM = 16  # random streams 16, 17 for the tones' train / heldout splits, apart from the shapes' 0, 1
+_DETUNE_STREAM = 18  # streams 18, 19: the detune draws, apart, so a detuned item keeps the plain one's timbre
 
 
 def tone_class_id(kind: str, root: str) -> int:
@@ -108,7 +109,7 @@ def _envelope(num_samples: int, *, sample_rate: int, attack: float, release: flo
 
 
 def render_tone(kind: str, root: str, *, sample_rate: int = 16000, seconds: float = 1.0,
-                rng: np.random.Generator | None = None) -> torch.Tensor:
+                rng: np.random.Generator | None = None, detune_semitones: float = 0.0) -> torch.Tensor:
     """Render one tone-set clip as ``[1, T]`` in [-1, 1].
 
     A ``"tone"`` is a harmonic sound at the root; a ``"major chord"`` sounds the root, its major third and
@@ -116,7 +117,8 @@ def render_tone(kind: str, root: str, *, sample_rate: int = 16000, seconds: floa
     at the root. Without ``rng`` the clip is the plain version (fixed timbre and envelope, peak 0.6, no
     noise); with it, the number and weights of the harmonics, their phases, the chord notes' levels, the
     attack, release and decay, the peak level (0.3 to 0.9) and a little white noise are drawn from ``rng``.
-    The fundamental is always the strongest harmonic, so the pitch one hears is the root.
+    The fundamental is always the strongest harmonic, so the pitch one hears is the root (moved by
+    ``detune_semitones``, which a codec's training data uses to cover every pitch, not only the seven roots).
     """
     tone_class_id(kind, root)  # checks kind and root
     _check_rate_and_seconds(sample_rate, seconds)
@@ -134,12 +136,13 @@ def render_tone(kind: str, root: str, *, sample_rate: int = 16000, seconds: floa
         attack, release, decay = rng.uniform(0.005, 0.05), rng.uniform(0.05, 0.25), rng.uniform(0.4, 1.0)
         peak, noise = rng.uniform(0.3, 0.9), rng.uniform(0.001, 0.01)
     t = np.arange(num_samples) / sample_rate
-    notes = [ROOT_HZ[root] * 2.0 ** (s / 12) for s in MAJOR_CHORD_SEMITONES] if kind == "major chord" else [ROOT_HZ[root]]
+    root_hz = ROOT_HZ[root] * 2.0 ** (float(detune_semitones) / 12)
+    notes = [root_hz * 2.0 ** (s / 12) for s in MAJOR_CHORD_SEMITONES] if kind == "major chord" else [root_hz]
     octaves = CHIRP_OCTAVES.get(kind, 0.0)
     if octaves:  # f(t) = f0 2^(octaves t / seconds); the phase is its integral
         rate = octaves * math.log(2.0) / seconds
-        cycles = ROOT_HZ[root] * np.expm1(rate * t) / rate
-        top_hz = ROOT_HZ[root] * max(1.0, 2.0 ** octaves)
+        cycles = root_hz * np.expm1(rate * t) / rate
+        top_hz = root_hz * max(1.0, 2.0 ** octaves)
     else:
         cycles, top_hz = None, max(notes)
     wave = np.zeros(num_samples)
@@ -161,20 +164,24 @@ class TonesDataset(Dataset):
 
     Item ``i`` is a pure function of ``(seed, split, i)``; ``"heldout"`` draws from another random stream
     than ``"train"``, so its clips are new ones. Classes cycle with the index (``class_id = i % 28``), so
-    any 28 consecutive items hold every class once.
+    any 28 consecutive items hold every class once. ``detune`` > 0 moves each item's root by a uniform draw
+    in ±``detune`` semitones (the label stays the nominal class): training data for a codec that should
+    reproduce any pitch, not only the seven roots.
     """
 
     modality = "audio"
 
     def __init__(self, *, length: int, split: str = "train", seed: int = 0, sample_rate: int = 16000,
-                 seconds: float = 1.0) -> None:
+                 seconds: float = 1.0, detune: float = 0.0) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
+        if isinstance(detune, bool) or not isinstance(detune, (int, float)) or not 0 <= detune <= 24:
+            raise ValueError(f"detune must be a number of semitones in [0, 24], got {detune!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         _check_rate_and_seconds(sample_rate, seconds)
         self.length, self.split, self.seed = length, split, _check_seed(seed)
-        self.sample_rate, self.seconds = sample_rate, float(seconds)
+        self.sample_rate, self.seconds, self.detune = sample_rate, float(seconds), float(detune)
 
     def __len__(self) -> int:
         return self.length
@@ -186,7 +193,8 @@ class TonesDataset(Dataset):
         cid = index % NUM_TONE_CLASSES
         kind, root = tone_class_parts(cid)
         rng = _item_rng(self.seed, _TONES_STREAM + SPLITS.index(self.split), index)
-        audio_1T = render_tone(kind, root, sample_rate=self.sample_rate, seconds=self.seconds, rng=rng)
+        detune = float(_item_rng(self.seed, _DETUNE_STREAM + SPLITS.index(self.split), index).uniform(-self.detune, self.detune)) if self.detune else 0.0
+        audio_1T = render_tone(kind, root, sample_rate=self.sample_rate, seconds=self.seconds, rng=rng, detune_semitones=detune)
         return {"audio": audio_1T, "class_id": cid, "caption": tone_caption(cid)}
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:

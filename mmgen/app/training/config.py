@@ -34,7 +34,8 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # half precision halves ship
 class DataConfig:
     """What to learn from. Images: built-in ``shapes``, a ``folder`` of images, or a local Hugging Face ``hf``
     dataset, at ``image_size``. Audio: built-in ``tones`` or an ``audio_folder`` of WAV/FLAC files, as clips of
-    ``clip_seconds`` at ``sample_rate``.
+    ``clip_seconds`` at ``sample_rate``; ``detune`` (tones only) moves each clip's root by up to that many
+    semitones, so a codec learns every pitch and not only the seven roots.
 
     ``num_items`` caps how many are used (shapes, tones: how many are rendered); ``tokens`` names a folder written
     by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
@@ -49,6 +50,7 @@ class DataConfig:
     image_size: int = 32
     sample_rate: int = 16000
     clip_seconds: float = 1.0
+    detune: float = 0.0
     num_items: int = 16384
     seed: int = 0
     num_workers: int = 0

@@ -84,7 +84,10 @@ def build_source(cfg: DataConfig) -> Any:
     if cfg.dataset == "shapes":
         return ShapesDataset(size=cfg.image_size, length=cfg.num_items, split="train", seed=cfg.seed)
     if cfg.dataset == "tones":
-        return TonesDataset(length=cfg.num_items, split="train", seed=cfg.seed, sample_rate=cfg.sample_rate, seconds=cfg.clip_seconds)
+        return TonesDataset(length=cfg.num_items, split="train", seed=cfg.seed, sample_rate=cfg.sample_rate, seconds=cfg.clip_seconds,
+                            detune=cfg.detune)
+    if cfg.detune:
+        raise ValueError(f"data.detune applies to the built-in tones only, not to data.dataset: {cfg.dataset}")
     if cfg.path is None:
         raise ValueError(f"data.path is required for data.dataset: {cfg.dataset}")
     if cfg.dataset == "folder":

@@ -1,0 +1,96 @@
+"""Which encoder and decoder a codec runs: the fields every codec config shares, and the builders.
+
+Encoders (``encoder_type``): ``"seanet"`` (strided convolutions over the waveform, EnCodec/DAC; causal and streamable) or
+``"stft"`` (:class:`~tokenizers_audio.spectral.SpectralEncoder`: ConvNeXt over log magnitudes and phase
+advances). Decoders (``decoder_type``): ``"seanet"`` (transposed convolutions), ``"vocos"`` (inverse STFT of a predicted
+magnitude and absolute phase, WavTokenizer) or ``"vocos-if"`` (inverse STFT of a predicted magnitude and
+instantaneous frequency: coherent partials from tokens that carry no phase; trained with
+``frame_weight`` > 0). With ``"stft"`` or a vocos decoder only the product of ``strides`` matters: it is
+the hop, and the STFT has ``n_fft = 4 · hop``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .seanet import SEANetDecoder, SEANetEncoder
+from .spectral import InstantaneousFrequencyDecoder, SpectralEncoder, VocosDecoder
+
+__all__ = ["ENCODERS", "DECODERS", "FrontendFields", "build_encoder", "build_decoder", "decode_for_loss"]
+
+ENCODERS = ("seanet", "stft")
+DECODERS = ("seanet", "vocos", "vocos-if")
+
+
+@dataclass
+class FrontendFields:
+    """Encoder and decoder choice and sizes (see the module docstring); ``frame_weight`` weighs the
+    ``vocos-if`` decoder's direct loss on log magnitudes and phase advances."""
+
+    encoder_type: str = "seanet"
+    decoder_type: str = "seanet"
+    encoder_dim: int = 128
+    encoder_layers: int = 3
+    decoder_dim: int = 256
+    decoder_layers: int = 6
+    decoder_intermediate_dim: int | None = None
+    frame_weight: float = 0.0
+
+    def check_frontend(self, *, hop_length: int, causal: bool = False) -> None:
+        if self.encoder_type not in ENCODERS:
+            raise ValueError(f"encoder_type must be one of {ENCODERS}, got {self.encoder_type!r}")
+        if self.decoder_type not in DECODERS:
+            raise ValueError(f"decoder_type must be one of {DECODERS}, got {self.decoder_type!r}")
+        for name in ("encoder_dim", "encoder_layers", "decoder_dim", "decoder_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.decoder_intermediate_dim is not None and (
+                isinstance(self.decoder_intermediate_dim, bool) or not isinstance(self.decoder_intermediate_dim, int)
+                or self.decoder_intermediate_dim < 1):
+            raise ValueError(f"decoder_intermediate_dim must be None or a positive int, got {self.decoder_intermediate_dim!r}")
+        if not float(self.frame_weight) >= 0:
+            raise ValueError(f"frame_weight must be >= 0, got {self.frame_weight!r}")
+        if self.frame_weight > 0 and self.decoder_type != "vocos-if":
+            raise ValueError(f"frame_weight={self.frame_weight} trains the 'vocos-if' decoder's frames; decoder_type is {self.decoder_type!r}")
+        spectral = self.encoder_type == "stft" or self.decoder_type != "seanet"
+        if spectral and hop_length % 2:
+            raise ValueError(f"hop_length={hop_length} (the product of strides) must be even for an STFT encoder or vocos "
+                             f"decoder (n_fft = 4 · hop, 'same' padding)")
+        if causal and spectral:
+            raise ValueError(f"causal=True needs encoder_type='seanet' and decoder_type='seanet' (they stream); got "
+                             f"encoder_type={self.encoder_type!r}, decoder_type={self.decoder_type!r}")
+
+
+def build_encoder(cfg: FrontendFields, seanet_args: dict) -> nn.Module:
+    """The configured encoder: waveform ``[B, 1, T]`` → latents ``[B, dim, T / hop]``."""
+    if cfg.encoder_type == "stft":
+        return SpectralEncoder(dim=seanet_args["dim"], hop_length=_hop(seanet_args), width=cfg.encoder_dim,
+                               num_layers=cfg.encoder_layers)
+    return SEANetEncoder(**seanet_args)
+
+
+def build_decoder(cfg: FrontendFields, seanet_args: dict) -> nn.Module:
+    """The configured decoder: latents ``[B, dim, t]`` → waveform ``[B, 1, t · hop]`` (unclamped)."""
+    if cfg.decoder_type == "seanet":
+        return SEANetDecoder(**seanet_args)
+    kind = InstantaneousFrequencyDecoder if cfg.decoder_type == "vocos-if" else VocosDecoder
+    return kind(dim=seanet_args["dim"], hop_length=_hop(seanet_args), width=cfg.decoder_dim, num_layers=cfg.decoder_layers,
+                intermediate_dim=cfg.decoder_intermediate_dim)
+
+
+def _hop(seanet_args: dict) -> int:
+    return math.prod(seanet_args["strides"])
+
+
+def decode_for_loss(decoder: nn.Module, latents_BDt: torch.Tensor, audio_B1T: torch.Tensor,
+                    frame_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reconstruction for a training loss and, with ``frame_weight`` > 0, the decoder's frame loss (one decoder pass)."""
+    if frame_weight > 0:
+        frames = decoder.frames(latents_BDt)
+        return decoder.render(frames), decoder.frame_loss(frames, audio_B1T)
+    return decoder(latents_BDt), None
