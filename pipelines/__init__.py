@@ -11,7 +11,7 @@ from mmgen.lazy import attach
 
 if TYPE_CHECKING:
     from .base import ARPipeline
-    from .evaluate import generation_quality, shapes_adherence, tones_adherence
+    from .evaluate import generation_quality, shapes_adherence, tones_adherence, tones_continuation
     from .next_scale import NextScalePipeline
     from .next_token import NextTokenPipeline
     from .next_x import NextXPipeline
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __getattr__, __dir__ = attach(__name__, {
     "base": ("ARPipeline",),
-    "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence"),
+    "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence", "tones_continuation"),
     "next_scale": ("NextScalePipeline",),
     "next_token": ("NextTokenPipeline",),
     "next_x": ("NextXPipeline",),
@@ -27,4 +27,5 @@ __getattr__, __dir__ = attach(__name__, {
 })
 
 __all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "NextTokenPipeline", "NextScalePipeline",
-           "NextXPipeline", "generation_quality", "shapes_adherence", "tones_adherence"]
+           "NextXPipeline", "generation_quality", "shapes_adherence", "tones_adherence",
+           "tones_continuation"]

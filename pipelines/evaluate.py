@@ -44,7 +44,7 @@ from mmgen.metrics import (
 
 from .base import ARPipeline
 
-__all__ = ["shapes_adherence", "tones_adherence", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
+__all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
 
 # What a class leaves to chance: the attributes whose spread the samples of one class should keep.
 FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
@@ -119,6 +119,43 @@ def tones_adherence(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size
     judged = judge_tones(audio_N1T, sample_rate=rate)
     result = _adherence(judged, labels, tone_class_parts, num_classes=NUM_TONE_CLASSES, names=("kind", "root"))
     return {**result, "seconds_per_clip": seconds / len(labels), "audios": audio_N1T, "sample_rate": rate}
+
+
+@torch.inference_mode()
+def tones_continuation(pipe: ARPipeline, *, clips_per_class: int = 10, prompt_seconds: float = 0.25, conditioned: bool = False,
+                       batch_size: int = 28, seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
+    """Continue held-out tones clips from their first ``prompt_seconds`` and judge whether the class is kept.
+
+    Each clip is tokenized, the sequence positions of its first ``round(prompt_seconds · frame_rate)``
+    frames are given as ``prefill`` and the rest is generated: without a condition (the null class or
+    prompt; ``conditioned=True`` also asks for the clip's class), so only the prompt says what to continue.
+    Sample i has its own generator seeded ``seed + i``. Returns the adherence of the whole generated
+    clip to the prompt clip's class (and the kind- and root-only rates), as :func:`tones_adherence`.
+    """
+    if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
+        raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")
+    tokenizer = pipe.tokenizer
+    rate, frames = int(tokenizer.sample_rate), round(float(prompt_seconds) * float(tokenizer.frame_rate))
+    clip_seconds = tokenizer.cfg.clip_samples / rate
+    if not 1 <= frames < tokenizer.token_spec().shape[0]:
+        raise ValueError(f"prompt_seconds={prompt_seconds!r} must cover at least one frame and less than the clip "
+                         f"({clip_seconds:.3g} s at {tokenizer.frame_rate:g} frames/s)")
+    clips = TonesDataset(length=NUM_TONE_CLASSES * clips_per_class, split="heldout", seed=seed, sample_rate=rate,
+                         seconds=clip_seconds)
+    labels = [clips[i]["class_id"] for i in range(len(clips))]
+    samples = []
+    for first in range(0, len(labels), batch_size):
+        chunk = list(range(first, min(first + batch_size, len(labels))))
+        sequence = pipe.tokenize(clips.batch(chunk)["audio"])
+        per_frame = sequence.shape[1] // tokenizer.token_spec().shape[0]  # K for a flattened frame, else 1 (delay too)
+        prefill = sequence[:, :frames * per_frame]
+        asked = {"class_labels": [labels[i] for i in chunk]} if conditioned else {"num_samples_per_prompt": len(chunk)}
+        generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
+        samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
+    audio_N1T = torch.cat(samples)[:, None]
+    judged = judge_tones(audio_N1T, sample_rate=rate)
+    result = _adherence(judged, labels, tone_class_parts, num_classes=NUM_TONE_CLASSES, names=("kind", "root"))
+    return {**result, "prompt_seconds": frames / float(tokenizer.frame_rate), "audios": audio_N1T, "sample_rate": rate}
 
 
 def generation_quality(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size: int | None = None, seed: int = 0,

@@ -95,6 +95,19 @@ def test_continuation_keeps_the_prompt_clip_and_generates_the_rest():
     assert torch.equal(out.tokens[:, :prompt_frames], prefill)
 
 
+def test_tones_continuation_judges_whole_clips_continued_from_a_prompt():
+    """Every held-out clip is continued from its first frames; the judge reads the whole generated clip."""
+    from pipelines import tones_continuation
+
+    pipe = _pipe("rvq", codebook_pattern="delay")
+    result = tones_continuation(pipe, clips_per_class=1, prompt_seconds=0.05, batch_size=28)
+    assert result["audios"].shape == (NUM_TONE_CLASSES, 1, JUDGED_CLIP)
+    assert result["num_samples"] == NUM_TONE_CLASSES and 0.0 <= result["adherence"] <= 1.0
+    assert result["prompt_seconds"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="prompt_seconds"):
+        tones_continuation(pipe, clips_per_class=1, prompt_seconds=JUDGED_CLIP / SR)
+
+
 # ---- trainer and CLI -----------------------------------------------------------------------------------
 def _write(path: Path, values: dict) -> Path:
     path.write_text(yaml.safe_dump(values))
@@ -132,6 +145,7 @@ def test_codec_training_reports_reconstruction_on_tones_and_speech(trained):
 def test_generator_training_reports_tones_adherence_and_writes_wavs(trained):
     report = json.loads((trained["gen"] / "eval.json").read_text())["eval"]
     assert report["num_samples"] == NUM_TONE_CLASSES and 0.0 <= report["adherence"] <= 1.0
+    assert 0.0 <= report["continuation"]["adherence"] <= 1.0
     wavs = sorted((trained["gen"] / "samples").glob("*.wav"))
     assert len(wavs) == NUM_TONE_CLASSES
     audio, rate = soundfile.read(str(wavs[0]))

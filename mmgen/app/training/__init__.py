@@ -1,7 +1,15 @@
 """Training on accelerate: one loop for tokenizers and generators, YAML configs, resumable checkpoints."""
 
 from .builders import build_pipeline, build_tokenizer, load_tokenizer
-from .config import CheckpointConfig, DataConfig, EvalConfig, OptimConfig, TrainConfig, load_config, parse_override
+from .config import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    OptimConfig,
+    TrainConfig,
+    load_config,
+    parse_override,
+)
 from .stopping import TrainingInterrupted
 from .trainer import (
     CheckpointError,

@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from mmgen.conditioning import ByteTextConditioner, ClassConditioner, Conditioner, TextEncoderConditioner
+from mmgen.conditioning import (
+    ByteTextConditioner,
+    ClassConditioner,
+    Conditioner,
+    TextEncoderConditioner,
+)
 from mmgen.gpt import GPTConfig
 from mmgen.hub import config_from_dict
 from mmgen.text_encoders import write_word_level_bert

@@ -159,11 +159,16 @@ def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]
     }
 
 
+CONTINUATION_PROMPT_SECONDS = 0.25  # the issue's prompt: a clip's first quarter second
+
+
 def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = None) -> dict[str, Any]:
     """Prompt adherence and distribution figures (:func:`pipelines.generation_quality`, as ``mmgen eval``) over
     ``samples_per_class`` samples of each class of the built-in set (shapes or tones); a grid PNG (shapes) or
-    one WAV per class (tones) in ``out_dir``."""
-    from pipelines.evaluate import generation_quality
+    one WAV per class (tones) in ``out_dir``. A tones pipeline that takes a ``prefill`` also reports
+    ``continuation`` (:func:`pipelines.evaluate.tones_continuation`: held-out clips continued from their first
+    0.25 s, or a quarter of a shorter clip, without a condition, ``samples_per_class`` per class)."""
+    from pipelines.evaluate import generation_quality, tones_continuation
 
     ev = cfg.eval
     kwargs: dict[str, Any] = {"guidance_scale": GuidanceSchedule(scale=ev.guidance_scale, kind=ev.guidance_kind),
@@ -178,6 +183,12 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
         if out_dir is not None:
             first_of_class = audios[::ev.samples_per_class][:WAVS_PER_RUN]
             write_wavs(first_of_class, Path(out_dir) / "samples", sample_rate=rate, names=[f"class-{c:02d}" for c in range(len(first_of_class))])
+        if "prefill" in inspect.signature(pipe.__call__).parameters:
+            sampling = {name: value for name, value in kwargs.items() if name != "guidance_scale"}
+            prompt_seconds = min(CONTINUATION_PROMPT_SECONDS, cfg.data.clip_seconds / 4)  # a tiny test clip gets a quarter
+            continued = tones_continuation(pipe, clips_per_class=ev.samples_per_class, prompt_seconds=prompt_seconds,
+                                           batch_size=ev.batch_size, seed=cfg.seed, **sampling)
+            result["continuation"] = {name: continued[name] for name in ("adherence", "kind_right", "root_right", "prompt_seconds")}
         return result
     images = result.pop("images")
     if out_dir is not None:
