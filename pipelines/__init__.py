@@ -11,7 +11,12 @@ from mmgen.lazy import attach
 
 if TYPE_CHECKING:
     from .base import ARPipeline
-    from .evaluate import generation_quality, shapes_adherence, tones_adherence, tones_continuation
+    from .evaluate import (
+        generation_quality,
+        shapes_adherence,
+        tones_adherence,
+        tones_continuation,
+    )
     from .next_scale import NextScalePipeline
     from .next_token import NextTokenPipeline
     from .next_x import NextXPipeline
