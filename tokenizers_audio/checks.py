@@ -6,9 +6,14 @@ import torch
 
 from tokenizers_visual.checks import check_ids_in_range, check_index
 
-__all__ = ["check_audio", "check_lengths", "check_ids_in_range", "check_index", "MAX_ABS_SAMPLE"]
+__all__ = ["check_audio", "check_lengths", "check_ids_in_range", "check_index", "require_positive_int", "MAX_ABS_SAMPLE"]
 
 MAX_ABS_SAMPLE = 1.5  # waveforms live in [-1, 1]; beyond this they are in another range (e.g. int16)
+
+
+def require_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_audio(audio: torch.Tensor, *, sample_rate: int, given_rate: int | None = None, min_samples: int = 1,

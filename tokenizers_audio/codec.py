@@ -19,14 +19,11 @@ from vector_quantize_pytorch import VectorQuantize
 
 from mmgen.spectral import DEFAULT_RESOLUTIONS, mel_loss, multi_resolution_stft_loss
 
-from .checks import check_audio, check_lengths
+from .checks import check_audio, check_lengths, require_positive_int
 from .frontends import FrontendFields, decode_for_loss
 
-__all__ = ["CodecConfig", "WaveformCodecMixin", "build_codebook", "quantize_frames", "require_positive_int"]
+__all__ = ["CodecConfig", "WaveformCodecMixin", "build_codebook", "quantize_frames", "waveform_terms"]
 
-def require_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass
@@ -146,9 +143,23 @@ def quantize_frames(vq: VectorQuantize, x_BnD: torch.Tensor, *, update: bool,
     return vq.project_out(codes_BnC), ids_Bn, commit
 
 
-def _logged_only(term: Callable[[], torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return term()
+def waveform_terms(rec_B1T: torch.Tensor, audio_B1T: torch.Tensor, *, weights: dict[str, float], sample_rate: int,
+                   stft_resolutions: tuple[tuple[int, int], ...] = DEFAULT_RESOLUTIONS, **mel_options: int) -> dict[str, torch.Tensor]:
+    """Waveform L1, multi-resolution STFT and log-mel L1 between a reconstruction and its target (unweighted).
+
+    A term whose entry in ``weights`` is 0 is still computed for the logs, without gradient (no backward
+    pass through it). ``mel_options`` go to :func:`mmgen.spectral.mel_loss`.
+    """
+    terms: dict[str, Callable[[], torch.Tensor]] = {
+        "l1": lambda: F.l1_loss(rec_B1T, audio_B1T),
+        "stft": lambda: multi_resolution_stft_loss(rec_B1T, audio_B1T, resolutions=stft_resolutions),
+        "mel": lambda: mel_loss(rec_B1T, audio_B1T, sample_rate=sample_rate, **mel_options),
+    }
+    out = {}
+    for name, term in terms.items():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weights[name] != 0):
+            out[name] = term()
+    return out
 
 
 class WaveformCodecMixin:
@@ -196,17 +207,11 @@ class WaveformCodecMixin:
         return -(-lengths_B // self.hop_length)
 
     def reconstruction_terms(self, rec_B1T: torch.Tensor, audio_B1T: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Waveform L1, multi-resolution STFT and log-mel L1 between a reconstruction and its target (unweighted).
-
-        A term of weight 0 is still computed for the logs, without gradient (no backward pass through it)."""
+        """:func:`waveform_terms` at this codec's weights, STFT resolutions and mel settings."""
         cfg = self.cfg
-        terms = {
-            "l1": (cfg.l1_weight, lambda: F.l1_loss(rec_B1T, audio_B1T)),
-            "stft": (cfg.stft_weight, lambda: multi_resolution_stft_loss(rec_B1T, audio_B1T, resolutions=cfg.stft_resolutions)),
-            "mel": (cfg.mel_weight, lambda: mel_loss(rec_B1T, audio_B1T, sample_rate=cfg.sample_rate, n_fft=cfg.mel_n_fft,
-                                                     hop_length=cfg.mel_hop_length, n_mels=cfg.n_mels)),
-        }
-        return {name: _logged_only(term) if weight == 0 else term() for name, (weight, term) in terms.items()}
+        return waveform_terms(rec_B1T, audio_B1T, weights={"l1": cfg.l1_weight, "stft": cfg.stft_weight, "mel": cfg.mel_weight},
+                              sample_rate=cfg.sample_rate, stft_resolutions=cfg.stft_resolutions, n_fft=cfg.mel_n_fft,
+                              hop_length=cfg.mel_hop_length, n_mels=cfg.n_mels)
 
     def decode_with_terms(self, latents_BDt: torch.Tensor, audio_B1T: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Decode training latents once: the unclamped reconstruction and its loss terms (with ``"frames"`` if weighted)."""

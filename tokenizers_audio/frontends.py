@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .checks import require_positive_int
 from .seanet import SEANetDecoder, SEANetEncoder
 from .spectral import InstantaneousFrequencyDecoder, SpectralEncoder, VocosDecoder
 
@@ -46,13 +47,9 @@ class FrontendFields:
         if self.decoder_type not in DECODERS:
             raise ValueError(f"decoder_type must be one of {DECODERS}, got {self.decoder_type!r}")
         for name in ("encoder_dim", "encoder_layers", "decoder_dim", "decoder_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.decoder_intermediate_dim is not None and (
-                isinstance(self.decoder_intermediate_dim, bool) or not isinstance(self.decoder_intermediate_dim, int)
-                or self.decoder_intermediate_dim < 1):
-            raise ValueError(f"decoder_intermediate_dim must be None or a positive int, got {self.decoder_intermediate_dim!r}")
+            require_positive_int(name, getattr(self, name))
+        if self.decoder_intermediate_dim is not None:
+            require_positive_int("decoder_intermediate_dim", self.decoder_intermediate_dim)
         if not float(self.frame_weight) >= 0:
             raise ValueError(f"frame_weight must be >= 0, got {self.frame_weight!r}")
         if self.frame_weight > 0 and self.decoder_type != "vocos-if":

@@ -32,14 +32,8 @@ from mmgen.metrics import codebook_usage
 from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent
 
-from .checks import check_ids_in_range, check_index
-from .codec import (
-    CodecConfig,
-    WaveformCodecMixin,
-    build_codebook,
-    quantize_frames,
-    require_positive_int,
-)
+from .checks import check_ids_in_range, check_index, require_positive_int
+from .codec import CodecConfig, WaveformCodecMixin, build_codebook, quantize_frames
 from .frontends import build_decoder, build_encoder
 
 __all__ = ["MultiScaleAudioConfig", "MultiScaleAudioCodec", "MultiScaleResidualVQ"]

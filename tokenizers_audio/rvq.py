@@ -44,11 +44,10 @@ from vector_quantize_pytorch import ResidualVQ
 from mmgen.hub import PretrainedModel
 from mmgen.metrics import si_sdr
 from mmgen.protocol import TokenSpec
-from mmgen.spectral import mel_loss, multi_resolution_stft_loss
 from mmgen.tokens import DiscreteContent
 
-from .checks import check_audio, check_ids_in_range, check_lengths
-from .codec import require_positive_int
+from .checks import check_audio, check_ids_in_range, check_lengths, require_positive_int
+from .codec import waveform_terms
 from .frontends import FrontendFields, build_decoder, build_encoder, decode_for_loss
 from .seanet import SEANetStream
 
@@ -370,14 +369,8 @@ class RVQAudioCodec(PretrainedModel):
         quantized_BDt, ids_BtN, commit = self.quantize(self.encoder(prepared_B1T))
         recon_B1T, frames = decode_for_loss(self.decoder, quantized_BDt, prepared_B1T, cfg.frame_weight)
         recon_B1T = recon_B1T[..., :length]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.l1_weight + cfg.stft_weight + cfg.mel_weight > 0):
-            parts = {  # logged even when all three weights are 0 (then without a backward pass through them)
-                "l1": F.l1_loss(recon_B1T, audio_B1T),
-                "stft": multi_resolution_stft_loss(recon_B1T, audio_B1T),
-                "mel": mel_loss(recon_B1T, audio_B1T, sample_rate=cfg.sample_rate),
-            }
-        parts["commit"] = commit
         weights = {"l1": cfg.l1_weight, "stft": cfg.stft_weight, "mel": cfg.mel_weight, "commit": cfg.commitment_weight}
+        parts = {**waveform_terms(recon_B1T, audio_B1T, weights=weights, sample_rate=cfg.sample_rate), "commit": commit}
         if frames is not None:
             parts["frames"], weights["frames"] = frames, cfg.frame_weight
         if self.discriminator is not None:
