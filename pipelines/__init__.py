@@ -13,24 +13,31 @@ if TYPE_CHECKING:
     from .base import ARPipeline
     from .evaluate import (
         generation_quality,
+        moving_shapes_adherence,
+        moving_shapes_image_to_video,
+        moving_shapes_long_video,
         shapes_adherence,
         tones_adherence,
         tones_continuation,
     )
+    from .long_video import generate_long_video
     from .next_scale import NextScalePipeline
     from .next_token import NextTokenPipeline
     from .next_x import NextXPipeline
-    from .outputs import ARAudioPipelineOutput, ARImagePipelineOutput
+    from .outputs import ARAudioPipelineOutput, ARImagePipelineOutput, ARVideoPipelineOutput
 
 __getattr__, __dir__ = attach(__name__, {
     "base": ("ARPipeline",),
-    "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence", "tones_continuation"),
+    "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence",
+                 "moving_shapes_image_to_video", "moving_shapes_long_video"),
+    "long_video": ("generate_long_video",),
     "next_scale": ("NextScalePipeline",),
     "next_token": ("NextTokenPipeline",),
     "next_x": ("NextXPipeline",),
-    "outputs": ("ARAudioPipelineOutput", "ARImagePipelineOutput"),
+    "outputs": ("ARAudioPipelineOutput", "ARImagePipelineOutput", "ARVideoPipelineOutput"),
 })
 
-__all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "NextTokenPipeline", "NextScalePipeline",
-           "NextXPipeline", "generation_quality", "shapes_adherence", "tones_adherence",
-           "tones_continuation"]
+__all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "NextTokenPipeline",
+           "NextScalePipeline", "NextXPipeline", "generation_quality", "shapes_adherence", "tones_adherence",
+           "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video", "moving_shapes_long_video",
+           "generate_long_video"]

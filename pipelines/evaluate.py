@@ -13,6 +13,7 @@ network's), and the spread of the attributes a class leaves free (position and s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,17 +24,22 @@ from mmgen.conditioning import ClassConditioner
 from mmgen.data import (
     NUM_CLASSES,
     NUM_TONE_CLASSES,
+    NUM_VIDEO_CLASSES,
+    MovingShapesDataset,
     ShapesDataset,
     TonesDataset,
     caption,
     class_parts,
     tone_caption,
     tone_class_parts,
+    video_caption,
+    video_class_parts,
 )
 from mmgen.metrics import (
     SHAPE_ATTRIBUTES,
     TONE_ATTRIBUTES,
     feature_frechet_distance,
+    judge_moving_shapes,
     judge_shapes,
     judge_tones,
     manifold_metrics,
@@ -43,8 +49,10 @@ from mmgen.metrics import (
 )
 
 from .base import ARPipeline
+from .long_video import generate_long_video
 
-__all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
+__all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video",
+           "moving_shapes_long_video", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
 
 # What a class leaves to chance: the attributes whose spread the samples of one class should keep.
 FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
@@ -75,15 +83,14 @@ def class_samples(pipe: ARPipeline, *, captions: Sequence[str], samples_per_clas
     return torch.cat(samples), labels, time.perf_counter() - start
 
 
-def _adherence(judged: list[tuple[Any, Any]], labels: list[int], parts: Callable[[int], tuple[Any, Any]], *,
-               num_classes: int, names: tuple[str, str]) -> dict[str, Any]:
-    """Exact, per-part and per-class agreement of judged ``(part0, part1)`` pairs with the asked classes."""
+def _adherence(judged: list[tuple[Any, ...]], labels: list[int], parts: Callable[[int], tuple[Any, ...]], *,
+               num_classes: int, names: tuple[str, ...]) -> dict[str, Any]:
+    """Exact, per-part and per-class agreement of judged ``(part0, part1, …)`` tuples with the asked classes."""
     wanted = [parts(c) for c in labels]
     per_class = [sum(j == w for j, w, c in zip(judged, wanted, labels) if c == k) / labels.count(k) for k in range(num_classes)]
     return {
         "adherence": sum(j == w for j, w in zip(judged, wanted)) / len(labels),
-        f"{names[0]}_right": sum(j[0] == w[0] for j, w in zip(judged, wanted)) / len(labels),
-        f"{names[1]}_right": sum(j[1] == w[1] for j, w in zip(judged, wanted)) / len(labels),
+        **{f"{name}_right": sum(j[i] == w[i] for j, w in zip(judged, wanted)) / len(labels) for i, name in enumerate(names)},
         "per_class": per_class,
         "num_samples": len(labels),
     }
@@ -119,6 +126,89 @@ def tones_adherence(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size
     judged = judge_tones(audio_N1T, sample_rate=rate)
     result = _adherence(judged, labels, tone_class_parts, num_classes=NUM_TONE_CLASSES, names=("kind", "root"))
     return {**result, "seconds_per_clip": seconds / len(labels), "audios": audio_N1T, "sample_rate": rate}
+
+
+def moving_shapes_adherence(pipe: ARPipeline, *, samples_per_class: int = 5, batch_size: int = 42, seed: int = 0,
+                            **call_kwargs: Any) -> dict[str, Any]:
+    """Generate ``samples_per_class`` clips for each of the 84 moving-shapes classes and judge their frames.
+
+    Returns ``adherence`` (shape, colour and direction all right), the per-part rates, per-class adherence,
+    seconds per clip, and the clips ``[N, T, 3, H, W]`` in [-1, 1].
+    """
+    captions = [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
+    videos, labels, seconds = class_samples(pipe, captions=captions, samples_per_class=samples_per_class,
+                                            batch_size=batch_size, seed=seed, **call_kwargs)
+    videos_NTCHW = videos * 2 - 1
+    result = _adherence(judge_moving_shapes(videos_NTCHW), labels, video_class_parts, num_classes=NUM_VIDEO_CLASSES,
+                        names=("shape", "colour", "direction"))
+    return {**result, "seconds_per_clip": seconds / len(labels), "videos": videos_NTCHW}
+
+
+@torch.inference_mode()
+def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, batch_size: int = 42, seed: int = 0,
+                                 **call_kwargs: Any) -> dict[str, Any]:
+    """Image-to-video: held-out clips' first frames given, the rest generated without a condition.
+
+    The first frame of each held-out clip, held still for the clip's length, is tokenized and its first latent
+    frame given as ``prefill`` (the tokenizer is causal: that latent frame reads frame 0 alone, so it is the
+    image's own tokens); the null class (or prompt) leaves the rest to the model.
+    Sample i has its own generator seeded ``seed + i``. ``kept``: the share of generated clips whose shape and
+    colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
+    direction (any). Returns the clips ``[N, T, 3, H, W]`` in [-1, 1] too.
+    """
+    if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
+        raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")
+    frames = pipe.tokenizer.num_frames_for(pipe.tokenizer.token_spec().shape[0])
+    clips = MovingShapesDataset(size=pipe.tokenizer.cfg.image_size, num_frames=frames, length=NUM_VIDEO_CLASSES * clips_per_class,
+                                split="heldout", seed=seed)
+    labels = [i % NUM_VIDEO_CLASSES for i in range(len(clips))]
+    first_frame_positions = math.prod(pipe.tokenizer.token_spec().shape[1:])
+    samples = []
+    for first in range(0, len(labels), batch_size):
+        chunk = list(range(first, min(first + batch_size, len(labels))))
+        still = clips.batch(chunk)["video"][:, :1].expand(-1, frames, -1, -1, -1)
+        prefill = pipe.tokenize(still)[:, :first_frame_positions]
+        generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
+        samples.append(pipe(num_samples_per_prompt=len(chunk), prefill=prefill, generator=generators, output_type="pt",
+                            return_dict=False, **call_kwargs)[0])
+    videos_NTCHW = torch.cat(samples) * 2 - 1
+    judged = judge_moving_shapes(videos_NTCHW)
+    wanted = [video_class_parts(c) for c in labels]
+    kept = sum(j[:2] == w[:2] for j, w in zip(judged, wanted)) / len(labels)
+    return {"kept": kept, "moving": sum(j[2] is not None for j in judged) / len(labels), "num_samples": len(labels),
+            "videos": videos_NTCHW}
+
+
+def moving_shapes_long_video(pipe: ARPipeline, *, samples_per_class: int = 1, length_factor: int = 4, batch_size: int = 42,
+                             seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
+    """Videos ``length_factor`` times the trained clip length (:func:`pipelines.generate_long_video`) for every class,
+    judged whole and segment by segment.
+
+    ``adherence``: shape, colour and direction of the whole video right; ``direction_kept``: every consecutive
+    segment of the trained clip length moves in the asked direction (none stalls, turns or is unreadable).
+    Sample i of class c has its own generator seeded ``seed + c * samples_per_class + i``.
+    """
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
+    if isinstance(length_factor, bool) or not isinstance(length_factor, int) or length_factor < 1:
+        raise ValueError(f"length_factor must be a positive int, got {length_factor!r}")
+    clip = pipe.tokenizer.num_frames_for(pipe.tokenizer.token_spec().shape[0])
+    labels = [c for c in range(NUM_VIDEO_CLASSES) for _ in range(samples_per_class)]
+    by_class = isinstance(pipe.conditioner, ClassConditioner)
+    videos = []
+    for first in range(0, len(labels), batch_size):
+        chunk = labels[first:first + batch_size]
+        generators = [torch.Generator().manual_seed(seed + first + i) for i in range(len(chunk))]
+        asked = {"class_labels": chunk} if by_class else {"prompt": [video_caption(c) for c in chunk]}
+        videos.append(generate_long_video(pipe, num_frames=length_factor * clip, generator=generators, **asked, **call_kwargs))
+    videos_NTCHW = torch.cat(videos)
+    wanted = [video_class_parts(c) for c in labels]
+    whole = judge_moving_shapes(videos_NTCHW)
+    segments = [judge_moving_shapes(videos_NTCHW[:, start:start + clip]) for start in range(0, videos_NTCHW.shape[1] - clip + 1, clip)]
+    kept = [all(seg[i][2] == wanted[i][2] for seg in segments) for i in range(len(labels))]
+    return {"adherence": sum(j == w for j, w in zip(whole, wanted)) / len(labels),
+            "direction_kept": sum(kept) / len(labels), "num_frames": int(videos_NTCHW.shape[1]), "num_segments": len(segments),
+            "num_samples": len(labels), "videos": videos_NTCHW}
 
 
 @torch.inference_mode()

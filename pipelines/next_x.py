@@ -8,7 +8,9 @@ previous entity on group k's positions (group 0 holds the GPT's start embedding)
 - ``"subsample"``: s² strided sub-grids, s = ``cell_size`` (:class:`mmgen.patterns.Subsample`);
 - ``"scale"`` (continuous only): entity k is the latent grid area-downsampled to ``patch_nums[k]``
   and group k's input is entity k − 1 upsampled (bilinear) to ``patch_nums[k]``;
-- ``"image"``: one group, everything at once (:class:`mmgen.patterns.Whole`).
+- ``"image"``: one group, everything at once (:class:`mmgen.patterns.Whole`);
+- ``"frame"`` (a ``(t, h, w)`` video grid): one latent frame per group (:class:`mmgen.patterns.Frames`), the
+  KV cache kept across frames; a video grid also takes ``"token"`` and ``"image"``.
 
 The head decides what a position is: a flow head draws continuous latents (xAR), trained with
 noisy-context learning — every context entity noised by the head to its own level t per sample,
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
 from mmgen.heads import Head
-from mmgen.patterns import Cells, Raster, Scales, Subsample, Whole
+from mmgen.patterns import Cells, Frames, Raster, Scales, Subsample, Whole
 from mmgen.programs import PreviousGroupInputs, ResampledPreviousInputs
 from mmgen.protocol import check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
@@ -44,7 +46,7 @@ class EntityPlan(SequencePlan):
 
     patch_nums: list[int] | None = None
 
-ENTITIES = ("token", "cell", "subsample", "scale", "image")
+ENTITIES = ("token", "cell", "subsample", "scale", "image", "frame")
 UPSAMPLE_MODE = "bilinear"
 
 
@@ -69,12 +71,23 @@ class NextXPipeline(ARPipeline):
     @classmethod
     def plan(cls, tokenizer: Any, *, entity: str = "cell", cell_size: int = 2, patch_nums: Sequence[int] | None = None) -> EntityPlan:
         spec = check_tokenizer(tokenizer)
-        if len(spec.shape) != 2:
-            raise ValueError(f"NextXPipeline needs a 2D token grid, the tokenizer's tokens are {spec.scales or spec.shape}")
         if entity not in ENTITIES:
             raise ValueError(f"entity must be one of {ENTITIES}, got {entity!r}")
         _check_positive_int("cell_size", cell_size)
-        (h, w), content = spec.shape, spec.content
+        rank, content = len(spec.shape), spec.content
+        if entity == "frame" or rank == 3:
+            if rank != 3 or entity not in ("frame", "token", "image"):
+                raise ValueError(f"a (t, h, w) token grid (video) takes entity 'frame', 'token' or 'image'; got entity={entity!r} "
+                                 f"with the tokenizer's tokens {spec.scales or spec.shape}")
+            if patch_nums is not None:
+                raise ValueError(f"patch_nums is for entity='scale', got it with entity={entity!r}")
+            pattern = {"frame": lambda: Frames(spec.shape[0], spec.shape[1:]), "token": lambda: Raster(spec.shape),
+                       "image": lambda: Whole(spec.shape)}[entity]()
+            return EntityPlan(pattern, content)
+        if rank != 2:
+            raise ValueError(f"NextXPipeline needs a 2D token grid (or a (t, h, w) video grid), the tokenizer's tokens are "
+                             f"{spec.scales or spec.shape}")
+        h, w = spec.shape
         if entity in ("cell", "subsample") and (h % cell_size or w % cell_size):
             raise ValueError(f"cell_size={cell_size} must divide the token grid {h}x{w} (entity={entity!r})")
         if entity != "scale":
@@ -138,6 +151,7 @@ class NextXPipeline(ARPipeline):
         top_p: float = 1.0,
         min_p: float = 0.0,
         num_flow_steps: int | None = None,
+        prefill: torch.Tensor | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str | None = None,
@@ -148,7 +162,8 @@ class NextXPipeline(ARPipeline):
 
         Continuous: ``num_flow_steps`` Euler steps per entity (default: the pipeline's config; a
         ``sampling`` config's own ``num_flow_steps`` wins when set) and ``temperature`` scales the initial noise. Discrete: ``temperature`` / ``top_k`` / ``top_p`` /
-        ``min_p`` filter each id's distribution.
+        ``min_p`` filter each id's distribution. ``prefill``: the first entities of every sample, known
+        (``pipe.tokenize(x)[:, :m]`` with m a whole number of entities, e.g. the first frame for image-to-video).
         """
         steps = self.config.num_flow_steps if num_flow_steps is None else num_flow_steps
         _check_positive_int("num_flow_steps", steps)
@@ -159,7 +174,7 @@ class NextXPipeline(ARPipeline):
         return self._run(prompt=prompt, class_labels=class_labels, num_samples_per_prompt=num_samples_per_prompt,
                          guidance_scale=guidance_scale, sampling=sampling,
                          generator=generator, output_type=output_type, return_dict=return_dict,
-                         callback_on_step_end=callback_on_step_end)
+                         callback_on_step_end=callback_on_step_end, prefill=prefill)
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -2,7 +2,7 @@
 
 Every output has ``tokens`` (what the tokenizer decodes) next to the decoded samples; with
 ``output_type="tokens"`` the decoder is not run and the samples are None. ``output_type=None`` is the
-modality's default ("pil" for images, "np" for audio). Adding a modality adds its output class and
+modality's default ("pil" for images and video frames, "np" for audio). Adding a modality adds its output class and
 converter here; the pipelines stay as they are.
 """
 
@@ -16,8 +16,8 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "ARAudioPipelineOutput", "OUTPUT_TYPES", "check_output_type", "make_output",
-           "to_output_images", "to_output_audios"]
+__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "OUTPUT_TYPES",
+           "check_output_type", "make_output", "to_output_images", "to_output_audios", "to_output_videos"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
 
@@ -53,6 +53,16 @@ class ARAudioPipelineOutput(BaseOutput):
     tokens: Any
 
 
+@dataclass
+class ARVideoPipelineOutput(BaseOutput):
+    """``videos``: per clip a list of PIL frames ("pil"), ``[B, T, H, W, 3]`` array ("np") or ``[B, T, 3, H, W]``
+    tensor ("pt"), in [0, 1]; None for "tokens". ``tokens``: what the tokenizer decodes, one row per clip.
+    """
+
+    videos: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
+    tokens: Any
+
+
 def to_output_images(images_BCHW: torch.Tensor | None, output_type: str, tokenizer: Any = None) -> dict[str, Any]:
     """Images in [-1, 1] → ``output_type``: "pt" ``[B, 3, H, W]``, "np" ``[B, H, W, 3]`` (both in [0, 1]) or "pil"."""
     if images_BCHW is None:
@@ -74,6 +84,17 @@ def to_output_audios(audio_B1T: torch.Tensor | None, output_type: str, tokenizer
     return {"audios": pt if output_type == "pt" else pt.numpy(), "sample_rate": int(tokenizer.sample_rate)}
 
 
+def to_output_videos(videos_BTCHW: torch.Tensor | None, output_type: str, tokenizer: Any = None) -> dict[str, Any]:
+    """Clips ``[B, T, 3, H, W]`` in [-1, 1] → ``output_type``, frame by frame as :func:`to_output_images` converts images."""
+    if videos_BTCHW is None:
+        return {"videos": None}
+    B, T = videos_BTCHW.shape[:2]
+    frames = to_output_images(videos_BTCHW.flatten(0, 1), output_type)["images"]
+    if output_type == "pil":
+        return {"videos": [frames[b * T:(b + 1) * T] for b in range(B)]}
+    return {"videos": frames.reshape(B, T, *frames.shape[1:])}
+
+
 @dataclass(frozen=True)
 class _Output:
     """How one modality's decoded samples become its pipeline output."""
@@ -88,6 +109,7 @@ class _Output:
 _OUTPUTS: dict[str, _Output] = {
     "image": _Output(ARImagePipelineOutput, to_output_images, "images", ("pil", "np", "pt", "tokens"), "pil"),
     "audio": _Output(ARAudioPipelineOutput, to_output_audios, "audios", ("np", "pt", "tokens"), "np"),
+    "video": _Output(ARVideoPipelineOutput, to_output_videos, "videos", ("pil", "np", "pt", "tokens"), "pil"),
 }
 
 

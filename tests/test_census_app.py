@@ -40,7 +40,14 @@ from mmgen.data import TonesDataset
 from pipelines import ARPipeline, NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_audio import MultiScaleAudioCodec, MultiScaleAudioConfig, RVQAudioCodec, RVQAudioConfig
 from tokenizers_audio import SingleCodebookAudioCodec, SingleCodebookAudioConfig
-from tokenizers_visual import FlexImageTokenizer, KLImageTokenizer, MultiScaleVQTokenizer, VQImageTokenizer
+from tokenizers_visual import (
+    CausalVideoConfig,
+    CausalVideoTokenizer,
+    FlexImageTokenizer,
+    KLImageTokenizer,
+    MultiScaleVQTokenizer,
+    VQImageTokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -168,6 +175,19 @@ def _generate(p: SimpleNamespace, *args: str, pipeline: str | Path | None = None
 def _fresh(pipeline_class: type, tokenizer: Any, **config: Any) -> Any:
     """``pipeline_class.from_tokenizer`` with a class conditioner and a one-layer GPT."""
     return pipeline_class.from_tokenizer(tokenizer, conditioner=class_conditioner(), gpt=GPT_SIZE, **config)
+
+
+VIDEO = {"image_size": 16, "num_frames": 5, "channels": 4, "fsq_levels": [4, 4], "latent_dim": 4}
+
+
+def _video(bottleneck: str = "fsq") -> CausalVideoTokenizer:
+    """A tiny causal video tokenizer: 5 frames of 16x16 -> 2 latent frames of 2x2."""
+    torch.manual_seed(0)
+    return CausalVideoTokenizer(CausalVideoConfig(**VIDEO, bottleneck=bottleneck)).eval()
+
+
+def _clip(frames: int = 5, size: int = 16) -> torch.Tensor:
+    return torch.rand(1, frames, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
 def _replace_tokens(tokens: torch.Tensor) -> Callable[..., dict[str, torch.Tensor]]:
@@ -345,6 +365,27 @@ ROWS = [
     api("SingleCodebook.from_pretrained: a file",
         lambda p: SingleCodebookAudioCodec.from_pretrained(p.root / "single" / "config.json"),
         ValueError, "is neither a local folder nor a hub repo id"),
+    # ---- CausalVideoTokenizer ----
+    api("Video.encode: frames of different sizes", lambda p: _video().encode([_clip()[0, 0], _clip(size=8)[0, 0]]),
+        ValueError, "videos: all clips / frames must have one size, got sizes [(3, 8, 8), (3, 16, 16)]"),
+    api("Video.encode: channels last", lambda p: _video().encode(_clip().permute(0, 1, 3, 4, 2)),
+        ValueError, "videos must have 3 colour channels at dim 2, [B, T, 3, H, W], got (1, 5, 16, 16, 3) — channels last?"),
+    api("Video.encode: a frame count it cannot take", lambda p: _video().encode(_clip(frames=7)),
+        ValueError, "videos: this tokenizer takes 1 + k*4 frames (1, 5, 9, ...), got 7; the nearest are 5 or 9"),
+    api("Video.encode: NaN pixels", lambda p: _video().encode(torch.where(_clip() > 0.9, float("nan"), _clip())),
+        ValueError, "videos holds NaN pixels"),
+    api("Video.encode: pixels in [0, 255]", lambda p: _video().encode((_clip() + 1) * 127.5),
+        ValueError, "videos must hold values in [-1, 1]; found |value| = 255"),
+    api("Video.encode: frames of another size than configured", lambda p: _video().encode(_clip(size=32)),
+        ValueError, "videos: frames must be 16x16 for this tokenizer, got 32x32"),
+    api("Video.decode: id beyond the codebook", lambda p: _video().decode(_long(1, 2, 2, 2, value=16)),
+        ValueError, "ids holds 16, outside the codebook [0, 16)"),
+    api("Video.decode: latents of the wrong channels", lambda p: _video("kl").decode(torch.zeros(1, 3, 2, 2, 2)),
+        ValueError, "latents must have shape [B, 4, t >= 1, 2, 2], got (1, 3, 2, 2, 2)"),
+    api("CausalVideoConfig: a clip length the time stride cannot take", lambda p: CausalVideoConfig(**{**VIDEO, "num_frames": 6}),
+        ValueError, "num_frames must be 1 + k * temporal_downsample (4), got 6"),
+    api("NextX.from_tokenizer: cells on a video grid", lambda p: _fresh(NextXPipeline, _video("kl"), entity="cell"),
+        ValueError, "a (t, h, w) token grid (video) takes entity 'frame', 'token' or 'image'; got entity='cell'"),
     # ---- audio codec encoder and decoder kinds (tokenizers_audio.frontends) ----
     api("RVQAudioConfig: an unknown encoder_type", lambda p: RVQAudioConfig(**AUDIO, encoder_type="mel"),
         ValueError, "encoder_type must be one of ('seanet', 'stft'), got 'mel'"),
@@ -474,9 +515,9 @@ ROWS = [
     api("NextX(): top_k for a flow head", lambda p: p.nx(class_labels=[0], top_k=5),
         ValueError, "top_k / top_p / min_p filter the ids of a categorical head; this pipeline's FlowHead draws continuous latents"),
     api("NextX.from_tokenizer: a 1D tokenizer", lambda p: _fresh(NextXPipeline, p.flex),
-        ValueError, "NextXPipeline needs a 2D token grid, the tokenizer's tokens are (8,)"),
+        ValueError, "NextXPipeline needs a 2D token grid (or a (t, h, w) video grid), the tokenizer's tokens are (8,)"),
     api("NextX.from_tokenizer: an unknown entity", lambda p: _fresh(NextXPipeline, p.kl, entity="pixel"),
-        ValueError, "entity must be one of ('token', 'cell', 'subsample', 'scale', 'image'), got 'pixel'"),
+        ValueError, "entity must be one of ('token', 'cell', 'subsample', 'scale', 'image', 'frame'), got 'pixel'"),
     api("NextX.from_tokenizer: cells that do not tile the grid", lambda p: _fresh(NextXPipeline, p.kl, cell_size=3),
         ValueError, "cell_size=3 must divide the token grid 4x4 (entity='cell')"),
     api("NextX.from_tokenizer: patch_nums without entity='scale'",

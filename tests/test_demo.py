@@ -1,11 +1,13 @@
-"""`mmgen demo`: every paradigm's pipeline generates every shapes prompt (PNGs, grids) and every tones prompt
-(WAVs, spectrograms); manifest and HTML are written, the page a static summary of every sample."""
+"""`mmgen demo`: every paradigm's pipeline generates every shapes prompt (PNGs, grids), every tones prompt
+(WAVs, spectrograms) and every moving-shapes prompt (GIFs, grid GIFs); manifest and HTML are written, the page a
+static summary of every sample."""
 
 import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import soundfile
 import torch
@@ -16,11 +18,13 @@ from pipeline_fixtures import count_gpt_forwards
 import mmgen
 import pipelines
 from mmgen.app.cli import main
-from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, run_demo
+from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, VIDEO_PARADIGMS, run_demo
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
-from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, tone_caption
+from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, NUM_VIDEO_CLASSES, caption, tone_caption, video_caption, video_class_parts
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_visual import (
+    CausalVideoConfig,
+    CausalVideoTokenizer,
     KLConfig,
     KLImageTokenizer,
     MultiScaleVQConfig,
@@ -31,14 +35,16 @@ from tokenizers_visual import (
 
 NAMES = [caption(c) for c in range(NUM_CLASSES)]
 TONE_NAMES = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
+VIDEO_NAMES = [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
 RATE, CLIP = SR, JUDGED_CLIP
+FRAMES = 5  # of the tiny video tokenizers: the first frame, then one latent frame per 4
 
 
-def _pipeline(cls: type, tokenizer: torch.nn.Module, **config) -> object:
-    """A tiny class-conditional pipeline over ``tokenizer`` with the shapes captions as class names."""
-    conditioner = ClassConditioner(ClassConditionerConfig(dim=32, num_classes=NUM_CLASSES))
+def _pipeline(cls: type, tokenizer: torch.nn.Module, class_names: list[str] = NAMES, **config) -> object:
+    """A tiny class-conditional pipeline over ``tokenizer`` with ``class_names`` (default: the shapes captions)."""
+    conditioner = ClassConditioner(ClassConditionerConfig(dim=32, num_classes=len(class_names)))
     return cls.from_tokenizer(tokenizer, conditioner=conditioner, gpt={"dim": 32, "n_layers": 1, "n_heads": 2},
-                              class_names=NAMES, null_condition_trained=True, **config)
+                              class_names=class_names, null_condition_trained=True, **config)
 
 
 class _Page(HTMLParser):
@@ -89,12 +95,12 @@ def _check_page(out: Path, manifest: dict) -> None:
     assert "manifest.json" in files and all(not re.match(r"[a-zA-Z][\w+.-]*:|/", ref) for ref in files)  # relative
     assert all((out / ref).is_file() for ref in files)
     assert f"mmgen {mmgen.__version__}" in text and "guidance scale 3" in text
-    infos = [*manifest["paradigms"].items(), *manifest["audio"]["paradigms"].items()]
+    infos = [*manifest["paradigms"].items(), *manifest["audio"]["paradigms"].items(), *manifest["video"]["paradigms"].items()]
     assert [row[0] for row in page.rows] == [p for p, _ in infos]
     for row, (paradigm, info) in zip(page.rows, infos):
         assert row[3:6] == [str(info["gpt_forwards_per_sample"]), str(info["num_samples"]), f"{info['prompt_adherence']:.0%}"]
         assert info["description"] in row[2]
-    samples = [*manifest["samples"], *manifest["audio"]["samples"]]
+    samples = [*manifest["samples"], *manifest["audio"]["samples"], *manifest["video"]["samples"]]
     assert len(page.figures) == len(samples)
     for figure, sample in zip(page.figures, samples):
         assert figure["media"] == ([sample["spectrogram"], sample["file"]] if "spectrogram" in sample else [sample["file"]])
@@ -144,9 +150,24 @@ def tiny_audio_checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_video_checkpoints(tmp_path_factory) -> Path:
+    """One tiny random moving-shapes pipeline per video paradigm: next-token over FSQ ids, next-frame over KL latents."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("moving_shapes")
+    tokenizer = {"image_size": 16, "num_frames": FRAMES, "spatial_downsample": 8, "channels": 4}
+    fsq = CausalVideoTokenizer(CausalVideoConfig(**tokenizer, bottleneck="fsq", fsq_levels=[4, 4])).eval()
+    _pipeline(NextTokenPipeline, fsq, VIDEO_NAMES).save_pretrained(root / "next-token")
+    kl = CausalVideoTokenizer(CausalVideoConfig(**tokenizer, bottleneck="kl", latent_dim=4)).eval()
+    _pipeline(NextXPipeline, kl, VIDEO_NAMES, entity="frame", num_flow_steps=2,
+              head={"width": 16, "depth": 1}).save_pretrained(root / "next-frame")
+    return root
+
+
 def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
-    manifest = run_demo(checkpoints=tiny_checkpoints, out_dir=out, samples_per_prompt=2, seed=5, audio_checkpoints=None)
+    manifest = run_demo(checkpoints=tiny_checkpoints, out_dir=out, samples_per_prompt=2, seed=5, audio_checkpoints=None,
+                        video_checkpoints=None)
     assert set(manifest["paradigms"]) == set(PARADIGMS)
     assert len(manifest["samples"]) == 3 * NUM_CLASSES * 2
     for paradigm, info in manifest["paradigms"].items():
@@ -172,7 +193,7 @@ def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_p
 
 
 def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp_path, one_torch_thread):
-    image_only = {"checkpoints": tiny_checkpoints, "paradigms": ["next-token"], "audio_checkpoints": None}
+    image_only = {"checkpoints": tiny_checkpoints, "paradigms": ["next-token"], "audio_checkpoints": None, "video_checkpoints": None}
     a = run_demo(out_dir=tmp_path / "a", **image_only)
     b = run_demo(out_dir=tmp_path / "b", **image_only)
     assert [(tmp_path / "a" / s["file"]).read_bytes() for s in a["samples"]] == \
@@ -184,10 +205,11 @@ def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp
 
 def test_demo_command_reports_per_paradigm_and_fails_cleanly(tiny_checkpoints, tmp_path, capsys, one_torch_thread):
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "o"), "--paradigm", "next-scale",
-                 "--audio-checkpoints", str(tmp_path / "no-tones")]) == 0
+                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(tmp_path / "no-video")]) == 0
     out = capsys.readouterr().out
     assert "next-scale: 21 samples, prompt adherence" in out and "index.html" in out
     assert f"audio section skipped: no tones pipelines in {tmp_path / 'no-tones'}" in out
+    assert f"video section skipped: no moving-shapes pipelines in {tmp_path / 'no-video'} (pass --video-checkpoints DIR)" in out
     assert main(["demo", "--checkpoints", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
     assert "no shipped pipeline" in capsys.readouterr().err
 
@@ -196,7 +218,7 @@ def test_demo_command_reports_per_paradigm_and_fails_cleanly(tiny_checkpoints, t
 def test_demo_writes_a_wav_and_a_spectrogram_per_clip(tiny_checkpoints, tiny_audio_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
     manifest = run_demo(checkpoints=tiny_checkpoints, paradigms=["next-token"], audio_checkpoints=tiny_audio_checkpoints,
-                        out_dir=out, seed=3)
+                        video_checkpoints=None, out_dir=out, seed=3)
     audio = manifest["audio"]
     assert set(audio["paradigms"]) == set(AUDIO_PARADIGMS) and audio["skipped"] == {}
     assert len(audio["samples"]) == 3 * NUM_TONE_CLASSES and len(manifest["samples"]) == NUM_CLASSES  # images untouched
@@ -223,11 +245,13 @@ def test_absent_audio_is_skipped_by_default_and_an_error_when_asked_for(tiny_aud
     partial = tmp_path / "partial-tones"
     partial.mkdir()
     (partial / "next-token-single").symlink_to(tiny_audio_checkpoints / "next-token-single", target_is_directory=True)
-    manifest = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=partial, out_dir=tmp_path / "a")
+    manifest = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=partial, video_checkpoints=None,
+                        out_dir=tmp_path / "a")
     assert list(manifest["audio"]["paradigms"]) == ["next-token-single"]
     assert set(manifest["audio"]["skipped"]) == {"next-token-rvq", "next-scale"}
     assert "next-scale: skipped, no pipeline in" in (tmp_path / "a" / "index.html").read_text()
-    none = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=tmp_path / "nothing", out_dir=tmp_path / "b")
+    none = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=tmp_path / "nothing", video_checkpoints=None,
+                    out_dir=tmp_path / "b")
     assert none["audio"]["paradigms"] == {} and set(none["audio"]["skipped"]) == set(AUDIO_PARADIGMS)
     with pytest.raises(FileNotFoundError, match=r"no shipped audio pipeline for \['next-scale'\].*--audio-checkpoints"):
         run_demo(paradigms=[], audio_checkpoints=partial, audio_paradigms=["next-scale"], out_dir=tmp_path / "c")
@@ -241,7 +265,8 @@ def test_absent_audio_is_skipped_by_default_and_an_error_when_asked_for(tiny_aud
 def test_demo_command_reports_audio_adherence_and_refuses_a_missing_one(tiny_checkpoints, tiny_audio_checkpoints, tmp_path,
                                                                          capsys, one_torch_thread):
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
-                 "--audio-checkpoints", str(tiny_audio_checkpoints), "--audio-paradigm", "next-scale"]) == 0
+                 "--audio-checkpoints", str(tiny_audio_checkpoints), "--audio-paradigm", "next-scale",
+                 "--video-checkpoints", str(tmp_path / "no-video")]) == 0
     out = capsys.readouterr().out
     assert f"tones/next-scale: {NUM_TONE_CLASSES} samples, prompt adherence" in out and f"{NUM_TONE_CLASSES} WAVs" in out
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "p"),
@@ -249,9 +274,79 @@ def test_demo_command_reports_audio_adherence_and_refuses_a_missing_one(tiny_che
     assert "no shipped audio pipeline for ['next-token-rvq']" in capsys.readouterr().err
 
 
+def test_demo_writes_a_gif_per_clip_judged_for_shape_colour_and_direction(tiny_video_checkpoints, tmp_path, one_torch_thread):
+    out = tmp_path / "demo"
+    manifest = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tiny_video_checkpoints, out_dir=out, seed=3)
+    video = manifest["video"]
+    assert set(video["paradigms"]) == set(VIDEO_PARADIGMS) and video["skipped"] == {}
+    assert len(video["samples"]) == 2 * NUM_VIDEO_CLASSES and manifest["samples"] == [] and manifest["audio"]["samples"] == []
+    for paradigm, info in video["paradigms"].items():
+        rows = [s for s in video["samples"] if s["paradigm"] == paradigm]
+        assert info["pipeline"] == VIDEO_PARADIGMS[paradigm] and info["num_samples"] == len(rows) == NUM_VIDEO_CLASSES
+        assert info["prompt_adherence"] == sum(s["right"] for s in rows) / len(rows) and info["seconds_per_sample"] > 0
+        assert info["num_frames"] == FRAMES and info["fps"] == 8
+        assert [s["prompt"] for s in rows] == VIDEO_NAMES and [s["seed"] for s in rows[:3]] == [3, 4, 5]
+        grid = iio.imread(out / "video" / f"grid-{paradigm}.gif", index=None)
+        assert grid.shape == (FRAMES, 12 * 16, 7 * 16, 3)  # 84 clips: 12 rows of 7
+    # next-token: one forward per id of the 2 x 2 x 2 (t, h, w) grid; next-frame: one per latent frame
+    assert {p: info["gpt_forwards_per_sample"] for p, info in video["paradigms"].items()} == {"next-token": 8, "next-frame": 2}
+    assert {p: info["positions_per_sample"] for p, info in video["paradigms"].items()} == {"next-token": 8, "next-frame": 8}
+    first = video["samples"][0]
+    assert set(first) >= {"file", "paradigm", "prompt", "class_id", "seed", "seconds", "judged", "right"}
+    assert first["file"] == f"video/next-token/000-{VIDEO_NAMES[0].replace(' ', '-')}-seed3.gif"
+    for sample in video["samples"]:
+        assert set(sample["judged"]) == {"shape", "colour", "direction"}
+        assert sample["right"] == (tuple(sample["judged"].values()) == video_class_parts(sample["class_id"]))
+        assert iio.imread(out / sample["file"], index=None).shape == (FRAMES, 16, 16, 3)  # animated: every frame
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert all(f'<img src="{sample["file"]}"' in text for sample in video["samples"])
+    assert "every moving-shapes prompt" in text and "judge_moving_shapes" in text
+    _check_forwards(tiny_video_checkpoints, VIDEO_PARADIGMS, video["paradigms"])
+    _check_page(out, manifest)
+
+
+def test_absent_video_is_skipped_by_default_and_an_error_when_asked_for(tiny_video_checkpoints, tmp_path, one_torch_thread):
+    none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tmp_path / "nothing", out_dir=tmp_path / "b")
+    assert none["video"] == {"samples": [], "paradigms": {},
+                             "skipped": {p: f"no pipeline in {tmp_path / 'nothing' / p}" for p in VIDEO_PARADIGMS}}
+    assert "next-frame: skipped, no pipeline in" in (tmp_path / "b" / "index.html").read_text()
+    partial = tmp_path / "partial-video"
+    partial.mkdir()
+    (partial / "next-frame").symlink_to(tiny_video_checkpoints / "next-frame", target_is_directory=True)
+    with pytest.raises(FileNotFoundError, match=r"no shipped video pipeline for \['next-token'\].*--video-checkpoints"):
+        run_demo(paradigms=[], video_checkpoints=partial, video_paradigms=["next-token"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown video paradigm"):
+        run_demo(paradigms=[], video_checkpoints=partial, video_paradigms=["next-scale"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="needs video_checkpoints"):
+        run_demo(paradigms=[], video_checkpoints=None, video_paradigms=["next-frame"], out_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_demo_command_reports_video_adherence_skips_an_absent_one_and_refuses_a_missing_one(
+        tiny_checkpoints, tiny_video_checkpoints, tmp_path, capsys, one_torch_thread):
+    partial = tmp_path / "partial-video"  # next-frame shipped, next-token not (yet)
+    partial.mkdir()
+    (partial / "next-frame").symlink_to(tiny_video_checkpoints / "next-frame", target_is_directory=True)
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
+                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(partial)]) == 0
+    out = capsys.readouterr().out
+    assert f"video/next-frame: {NUM_VIDEO_CLASSES} samples, prompt adherence" in out and f"{NUM_VIDEO_CLASSES} GIFs" in out
+    assert f"video/next-token: skipped, no pipeline in {partial / 'next-token'}" in out
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert list(manifest["video"]["paradigms"]) == ["next-frame"] and len(manifest["video"]["samples"]) == NUM_VIDEO_CLASSES
+    assert manifest["video"]["skipped"] == {"next-token": f"no pipeline in {partial / 'next-token'}"}
+    assert "next-token: skipped, no pipeline in" in (tmp_path / "o" / "index.html").read_text()
+    _check_page(tmp_path / "o", manifest)
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "p"),
+                 "--video-checkpoints", str(partial), "--video-paradigm", "next-token"]) == 2
+    assert "no shipped video pipeline for ['next-token']" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 @pytest.mark.skipif(not (DEFAULT_CHECKPOINTS / "next-token" / "model_index.json").is_file(), reason="no shipped checkpoints")
 def test_shipped_checkpoints_follow_their_prompts(tmp_path, one_torch_thread):
     """The repository's own demo: each paradigm's shipped pipeline draws what the prompts ask for."""
-    manifest = run_demo(out_dir=tmp_path / "demo", audio_checkpoints=None)
+    manifest = run_demo(out_dir=tmp_path / "demo", audio_checkpoints=None, video_checkpoints=None)
     for paradigm, info in manifest["paradigms"].items():
         assert info["prompt_adherence"] >= 0.8, (paradigm, info)

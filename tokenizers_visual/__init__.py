@@ -1,7 +1,8 @@
 """Image, video and 3D tokenizers: each declares its :class:`mmgen.TokenLayout` and round-trips encode / decode.
 
 Every tokenizer is a :class:`mmgen.hub.PretrainedModel` with ``encode``, ``decode``, ``layout`` and
-the training objective ``loss(images) -> (loss, logs)``; images are ``[B, 3, H, W]`` in [-1, 1].
+the training objective ``loss(images) -> (loss, logs)``; images are ``[B, 3, H, W]`` in [-1, 1], videos
+``[B, T, 3, H, W]`` (:mod:`.video`, causal in time, so an image is a 1-frame video).
 Each name imports its module on first use (:mod:`mmgen.lazy`): ``import tokenizers_visual`` is cheap.
 """
 
@@ -15,16 +16,20 @@ if TYPE_CHECKING:
     from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
     from .kl import KLConfig, KLImageTokenizer
     from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
+    from .video import CausalVideoConfig, CausalVideoTokenizer
     from .vq import VQConfig, VQImageTokenizer
 
 __getattr__, __dir__ = attach(__name__, {
     "flex": ("FlexImageTokenizer", "FlexImageTokenizerConfig"),
     "kl": ("KLConfig", "KLImageTokenizer"),
     "multiscale_vq": ("MultiScaleVQConfig", "MultiScaleVQTokenizer"),
+    "video": ("CausalVideoConfig", "CausalVideoTokenizer"),
     "vq": ("VQConfig", "VQImageTokenizer"),
 })
 
 __all__ = [
+    "CausalVideoConfig",
+    "CausalVideoTokenizer",
     "FlexImageTokenizer",
     "FlexImageTokenizerConfig",
     "KLConfig",

@@ -52,11 +52,17 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, num_channels=channels, eps=1e-6)
 
 
+def _conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, padding_mode: str = "zeros") -> nn.Conv2d:
+    """3x3 convolution keeping the size (or halving it with stride 2); ``"circular"`` padding treats the frame as a
+    torus, for data that wraps around its borders."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, padding_mode=padding_mode)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2, self.conv2 = _norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm1, self.conv1 = _norm(in_channels), _conv3x3(in_channels, out_channels, padding_mode=padding_mode)
+        self.norm2, self.conv2 = _norm(out_channels), _conv3x3(out_channels, out_channels, padding_mode=padding_mode)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,18 +75,19 @@ class ConvEncoder(nn.Module):
     """Images ``[B, in_channels, H, W]`` → features ``[B, out_channels, H/f, W/f]``."""
 
     def __init__(self, *, in_channels: int = 3, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
-                 num_res_blocks: int = 1, out_channels: int = 32) -> None:
+                 num_res_blocks: int = 1, out_channels: int = 32, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, channels * channel_mult[0], 3, padding=1)
+        pad = {"padding_mode": padding_mode}
+        self.conv_in = _conv3x3(in_channels, channels * channel_mult[0], **pad)
         layers: list[nn.Module] = []
         current = channels * channel_mult[0]
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(current, channels * mult))
+                layers.append(ResBlock(current, channels * mult, **pad))
                 current = channels * mult
             if level < len(channel_mult) - 1:
-                layers.append(nn.Conv2d(current, current, 3, stride=2, padding=1))
-        layers += [ResBlock(current, current), _norm(current), nn.SiLU(), nn.Conv2d(current, out_channels, 3, padding=1)]
+                layers.append(_conv3x3(current, current, stride=2, **pad))
+        layers += [ResBlock(current, current, **pad), _norm(current), nn.SiLU(), _conv3x3(current, out_channels, **pad)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,18 +98,19 @@ class ConvDecoder(nn.Module):
     """Features ``[B, in_channels, h, w]`` → images ``[B, out_channels, h*f, w*f]`` (mirror of the encoder)."""
 
     def __init__(self, *, in_channels: int = 32, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
-                 num_res_blocks: int = 1, out_channels: int = 3) -> None:
+                 num_res_blocks: int = 1, out_channels: int = 3, padding_mode: str = "zeros") -> None:
         super().__init__()
+        pad = {"padding_mode": padding_mode}
         current = channels * channel_mult[-1]
-        self.conv_in = nn.Conv2d(in_channels, current, 3, padding=1)
-        layers: list[nn.Module] = [ResBlock(current, current)]
+        self.conv_in = _conv3x3(in_channels, current, **pad)
+        layers: list[nn.Module] = [ResBlock(current, current, **pad)]
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(current, channels * mult))
+                layers.append(ResBlock(current, channels * mult, **pad))
                 current = channels * mult
             if level > 0:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(current, current, 3, padding=1)]
-        layers += [_norm(current), nn.SiLU(), nn.Conv2d(current, out_channels, 3, padding=1)]
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv3x3(current, current, **pad)]
+        layers += [_norm(current), nn.SiLU(), _conv3x3(current, out_channels, **pad)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

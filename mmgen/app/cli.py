@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mmgen.files import write_atomically
 
 from .evaluate import EVAL_CARD_HEADING
-from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS
+from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, VIDEO_CHECKPOINTS, VIDEO_PARADIGMS
 
 if TYPE_CHECKING:
     import torch
@@ -25,27 +25,33 @@ AUTO_DEVICE = "auto"  # --device default, resolved when parsed: `--help` then ne
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Every shapes and tones prompt with each paradigm's shipped checkpoint: PNGs, grids, WAVs, manifest.json and index.html."""
+    """Every shapes, tones and moving-shapes prompt with each paradigm's shipped checkpoint: PNGs, grids, WAVs, GIFs,
+    manifest.json and index.html."""
     from .demo import run_demo
 
     start = time.perf_counter()
     with _quiet_loading():  # the demo prints a summary
         manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
                             seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm,
-                            audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm)
-    audio = manifest["audio"]
-    rows = [*manifest["paradigms"].items(), *((f"tones/{p}", info) for p, info in audio["paradigms"].items())]
+                            audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm,
+                            video_checkpoints=args.video_checkpoints, video_paradigms=args.video_paradigm)
+    audio, video = manifest["audio"], manifest["video"]
+    rows = [*manifest["paradigms"].items(), *((f"tones/{p}", info) for p, info in audio["paradigms"].items()),
+            *((f"video/{p}", info) for p, info in video["paradigms"].items())]
     width = max((len(name) for name, _ in rows), default=0)
     for paradigm, info in rows:
         print(f"{paradigm:>{width}}: {info['num_samples']} samples, prompt adherence {info['prompt_adherence']:.0%}, "
               f"{info['seconds_per_sample'] * 1000:.0f} ms/sample")
-    if audio["skipped"] and not audio["paradigms"]:
-        print(f"audio section skipped: no tones pipelines in {args.audio_checkpoints} (pass --audio-checkpoints DIR)")
-    else:
-        for paradigm, why in audio["skipped"].items():
-            print(f"tones/{paradigm}: skipped, {why}")
-    print(f"wrote {len(manifest['samples'])} PNGs, grids, {len(audio['samples'])} WAVs with spectrograms, manifest.json "
-          f"and index.html to {args.out} in {time.perf_counter() - start:.1f} s")
+    for name, folder, prompts, part, root in (("audio", "tones", "tones", audio, args.audio_checkpoints),
+                                              ("video", "video", "moving-shapes", video, args.video_checkpoints)):
+        if part["skipped"] and not part["paradigms"]:
+            print(f"{name} section skipped: no {prompts} pipelines in {root} (pass --{name}-checkpoints DIR)")
+        else:
+            for paradigm, why in part["skipped"].items():
+                print(f"{folder}/{paradigm}: skipped, {why}")
+    print(f"wrote {len(manifest['samples'])} PNGs, grids, {len(audio['samples'])} WAVs with spectrograms, "
+          f"{len(video['samples'])} GIFs with grids, manifest.json and index.html to {args.out} in "
+          f"{time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -85,6 +91,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 MANIFEST = "manifest.json"
+VIDEO_FORMATS = ("gif", "mp4")
+VIDEO_FPS = 8  # frames per second of written videos: 9 frames of moving shapes play for about a second
 
 
 @contextlib.contextmanager
@@ -288,7 +296,8 @@ def _condition_kwargs(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generators: list[torch.Generator],
                    options: dict[str, Any]) -> None:
-    """Generate one batch and write each sample to its file: a PNG per image, a 16-bit WAV per audio clip."""
+    """Generate one batch and write each sample to its file: a PNG per image, a 16-bit WAV per audio clip, a GIF
+    or MP4 per video."""
     if pipe.tokenizer.modality == "audio":
         import soundfile
 
@@ -298,6 +307,14 @@ def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generat
             write_atomically(out / item["file"], lambda tmp, clip=clip: soundfile.write(str(tmp), clip, result.sample_rate,
                                                                                          subtype="PCM_16", format="WAV"))
         return
+    if pipe.tokenizer.modality == "video":
+        from mmgen.files import write_video
+
+        videos = pipe(**_condition_kwargs(batch), generator=generators, output_type="np", **options).videos
+        out.mkdir(parents=True, exist_ok=True)
+        for item, frames in zip(batch, videos):
+            write_video(out / item["file"], frames, fps=VIDEO_FPS)
+        return
     images = pipe(**_condition_kwargs(batch), generator=generators, output_type="pil", **options).images
     out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
     for item, image in zip(batch, images):
@@ -305,14 +322,16 @@ def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generat
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Samples from a saved pipeline, one PNG (images) or WAV (audio) per sample (seed = --seed + index) and a manifest.json."""
+    """Samples from a saved pipeline, one PNG (images), WAV (audio) or GIF / MP4 (video) per sample (seed = --seed + index)
+    and a manifest.json."""
     import torch
 
     source = _pipeline_source(args.pipeline)
     out = Path(args.out)
     _check_targets(out, [], overwrite=args.overwrite)
     pipe = _load_pipeline(source, device=args.device)
-    plan = _sample_plan(args, suffix=".wav" if pipe.tokenizer.modality == "audio" else ".png")
+    suffix = {"audio": ".wav", "video": f".{args.video_format}"}.get(pipe.tokenizer.modality, ".png")
+    plan = _sample_plan(args, suffix=suffix)
     _check_targets(out, plan, overwrite=args.overwrite)
     options = {"guidance_scale": args.guidance_scale, **_sampling_options(pipe, args)}
     _resolve_classes(pipe, plan)
@@ -412,9 +431,9 @@ def _add_tokenize(commands: Any) -> None:
 
 
 def _add_generate(commands: Any) -> None:
-    cmd = _command(commands, "generate", summary="generate images (PNG) or audio (WAV) with a saved pipeline (folder or hub repo)",
+    cmd = _command(commands, "generate", summary="generate images (PNG), audio (WAV) or video (GIF, MP4) with a saved pipeline (folder or hub repo)",
                    description="Load a pipeline saved with save_pretrained (a local folder or a hub repo id) and write one "
-                               "PNG (images) or 16-bit WAV (audio) per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
+                               "PNG (images), 16-bit WAV (audio) or GIF / MP4 (video, --video-format) per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
                                "Sample i is drawn with seed --seed + i, so a rerun reproduces it exactly. Without "
                                "--prompt or --class-label the samples are unconditional.",
                    example='mmgen generate outputs/shapes32/next-token/pipeline --prompt "a red circle" --num-samples 4 --guidance-scale 3')
@@ -428,6 +447,8 @@ def _add_generate(commands: Any) -> None:
                      help="classifier-free guidance; != 1 needs a pipeline trained with a null condition (default 1.0)")
     _add_sampling_arguments(cmd)
     cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
+    cmd.add_argument("--video-format", choices=VIDEO_FORMATS, default="gif",
+                     help=f"file format of generated videos (default gif; mp4 is H.264 at {VIDEO_FPS} frames/s)")
     cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
     cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
     _add_device_argument(cmd)
@@ -498,12 +519,15 @@ def _add_upgrade(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = _command(commands, "demo", summary="generate the shapes and tones prompts with every paradigm's shipped checkpoint",
+    demo = _command(commands, "demo", summary="generate the shapes, tones and moving-shapes prompts with every paradigm's "
+                                              "shipped checkpoint",
                     description="Load the tiny shipped pipelines (next-token, next-scale, next-X; checkpoints/shapes32), generate "
                                 "every shapes prompt with each, judge the pixels, and write one PNG per sample, a grid per "
                                 "paradigm, manifest.json and index.html. Then the same for the tones prompts with the audio "
                                 "pipelines in checkpoints/tones (next-token-rvq, next-scale, next-token-single; skipped when "
-                                "absent): one WAV and spectrogram PNG per clip under tones/. No downloads.",
+                                "absent): one WAV and spectrogram PNG per clip under tones/. Then the moving-shapes prompts "
+                                "with the video pipelines in checkpoints/moving_shapes (next-token, next-frame; skipped when "
+                                "absent): one animated GIF per clip and a grid GIF per paradigm under video/. No downloads.",
                     example="mmgen demo --out mmgen-demo")
     demo.add_argument("--out", type=Path, default=Path("mmgen-demo"), help="output folder (default ./mmgen-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
@@ -518,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "absent ones are skipped)")
     demo.add_argument("--audio-paradigm", action="append", choices=list(AUDIO_PARADIGMS), default=None,
                       help="only this audio paradigm, which must then exist (repeatable; default: every one present)")
+    demo.add_argument("--video-checkpoints", type=Path, default=VIDEO_CHECKPOINTS,
+                      help=f"folder with {'/, '.join(VIDEO_PARADIGMS)}/ moving-shapes pipelines (default: the shipped ones; "
+                           "absent ones are skipped)")
+    demo.add_argument("--video-paradigm", action="append", choices=list(VIDEO_PARADIGMS), default=None,
+                      help="only this video paradigm, which must then exist (repeatable; default: every one present)")
     demo.set_defaults(run=_demo)
     train = _command(commands, "train", summary="train a tokenizer or a generator from a YAML config (accelerate)",
                      description="Train what a YAML run config describes; checkpoints, metrics.jsonl, eval.json and the "

@@ -1,12 +1,15 @@
-"""``mmgen demo``: generate the shapes and tones prompts with every paradigm's shipped checkpoint and write a report.
+"""``mmgen demo``: generate the shapes, tones and moving-shapes prompts with every paradigm's shipped checkpoint
+and write a report.
 
-The repository ships one tiny pipeline per image paradigm in ``checkpoints/shapes32`` and one per audio
-paradigm in ``checkpoints/tones`` (each reproducible by one ``mmgen train configs/...`` command). The demo
-loads them, generates every shapes prompt ("a red circle", ...) and every tones prompt ("a C4 tone", ...)
-with each, judges every image with :func:`mmgen.metrics.judge_shapes` and every clip with
-:func:`mmgen.metrics.judge_tones`, and writes into the output folder: one PNG per image and a grid per
-image paradigm, one WAV and one spectrogram PNG per clip (under ``tones/``), ``manifest.json`` and ``index.html``:
-one static page (inline CSS, no scripts, no external files, readable from ``file://``) with a summary table
+The repository ships one tiny pipeline per image paradigm in ``checkpoints/shapes32``, one per audio
+paradigm in ``checkpoints/tones`` and one per video paradigm in ``checkpoints/moving_shapes`` (each
+reproducible by one ``mmgen train configs/...`` command). The demo loads them, generates every shapes prompt
+("a red circle", ...), every tones prompt ("a C4 tone", ...) and every moving-shapes prompt ("a red square
+moving left", ...) with each, judges every image with :func:`mmgen.metrics.judge_shapes`, every audio clip
+with :func:`mmgen.metrics.judge_tones` and every video clip with :func:`mmgen.metrics.judge_moving_shapes`,
+and writes into the output folder: one PNG per image and a grid per image paradigm, one WAV and one
+spectrogram PNG per audio clip (under ``tones/``), one animated GIF per video clip and a grid GIF per video
+paradigm (under ``video/``), ``manifest.json`` and ``index.html``: one static page (inline CSS, no scripts, no external files, readable from ``file://``) with a summary table
 (per paradigm: how it generates, GPT forwards per sample, prompt adherence, time), then every sample with its
 prompt, the judge's verdict and, on hover, its seed and time.
 """
@@ -27,15 +30,25 @@ import torch
 from PIL import Image
 
 from mmgen import __version__
-from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, caption, class_parts, tone_caption, tone_class_parts
-from mmgen.files import write_atomically
-from mmgen.metrics import judge_shapes, judge_tones
+from mmgen.data import (
+    NUM_CLASSES,
+    NUM_TONE_CLASSES,
+    NUM_VIDEO_CLASSES,
+    caption,
+    class_parts,
+    tone_caption,
+    tone_class_parts,
+    video_caption,
+    video_class_parts,
+)
+from mmgen.files import write_atomically, write_video
+from mmgen.metrics import judge_moving_shapes, judge_shapes, judge_tones
 from mmgen.spectral import LOG_FLOOR, mel_spectrogram
 
-from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS
+from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, VIDEO_CHECKPOINTS, VIDEO_PARADIGMS
 
 __all__ = ["AUDIO_CHECKPOINTS", "AUDIO_DESCRIPTIONS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "DESCRIPTIONS", "PARADIGMS",
-           "run_demo"]
+           "VIDEO_CHECKPOINTS", "VIDEO_DESCRIPTIONS", "VIDEO_PARADIGMS", "run_demo"]
 
 DESCRIPTIONS = {  # formatted with the pipeline's config; the counts come from its program (see _cost)
     "next-token": "one token per GPT forward, in raster order (LlamaGen-style)",
@@ -47,21 +60,32 @@ AUDIO_DESCRIPTIONS = {
     "next-scale": "multi-scale codec, next-scale: a whole scale of its token pyramid per GPT forward, coarse to fine (VAR-style)",
     "next-token-single": "single-codebook codec, next-token with one token per frame",
 }
+VIDEO_DESCRIPTIONS = {
+    "next-token": "discrete causal video tokenizer, next-token: one token per GPT forward, raster order frame after frame "
+                  "(LlamaGen-style, 3D RoPE)",
+    "next-frame": "continuous causal video tokenizer, next-frame: a whole latent frame per GPT forward, all its positions drawn "
+                  "at once by a flow head, the KV cache kept across frames (xAR-style)",
+}
 AUDIO_FOLDER = "tones"  # clips go to tones/<paradigm>/: the audio and image paradigm names overlap (next-scale)
-SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32 and tones configs evaluate with
+VIDEO_FOLDER = "video"  # and video/<paradigm>/ (next-token is an image paradigm too), with video/grid-<paradigm>.gif
+VIDEO_FPS = 8  # what `mmgen generate` writes GIFs with: 9 frames of moving shapes play for about a second
+VIDEO_GRID_ROWS = 12  # 84 prompts: 12 rows of 7 clips (times samples_per_prompt)
+SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32, tones and moving_shapes configs evaluate with
 SPECTROGRAM = {"n_fft": 1024, "hop_length": 128, "n_mels": 64}
 SPECTROGRAM_RANGE_DB = 80.0  # shown below each clip's peak; quieter is black
 
 
 def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("mmgen-demo"), samples_per_prompt: int = 1,
              seed: int = 0, overwrite: bool = False, paradigms: list[str] | None = None,
-             audio_checkpoints: Path | None = AUDIO_CHECKPOINTS, audio_paradigms: list[str] | None = None) -> dict[str, Any]:
-    """Generate every shapes prompt per image paradigm, then every tones prompt per audio paradigm,
-    ``samples_per_prompt`` times each; returns the manifest.
+             audio_checkpoints: Path | None = AUDIO_CHECKPOINTS, audio_paradigms: list[str] | None = None,
+             video_checkpoints: Path | None = VIDEO_CHECKPOINTS, video_paradigms: list[str] | None = None) -> dict[str, Any]:
+    """Generate every shapes prompt per image paradigm, then every tones prompt per audio paradigm, then every
+    moving-shapes prompt per video paradigm, ``samples_per_prompt`` times each; returns the manifest.
 
     ``audio_checkpoints=None`` leaves audio out. With ``audio_paradigms=None`` the audio paradigms whose
     folder is absent are skipped (the manifest's ``audio.skipped`` says why), since the tones pipelines may
-    not be shipped yet; ones named in ``audio_paradigms`` must exist, like the image ones.
+    not be shipped yet; ones named in ``audio_paradigms`` must exist, like the image ones. Video likewise:
+    ``video_checkpoints``, ``video_paradigms``, ``video.skipped``.
     """
     import pipelines
 
@@ -73,7 +97,9 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
     if missing:
         raise FileNotFoundError(f"no shipped pipeline for {missing} in {checkpoints}; pass --checkpoints DIR "
                                 f"(a folder with {', '.join(chosen)} sub-folders, e.g. from `mmgen train configs/shapes32/...`)")
-    audio_chosen, skipped = _audio_plan(audio_checkpoints, audio_paradigms)
+    audio_chosen, skipped = _optional_plan("audio", audio_checkpoints, audio_paradigms, AUDIO_PARADIGMS, configs="tones")
+    video_chosen, video_skipped = _optional_plan("video", video_checkpoints, video_paradigms, VIDEO_PARADIGMS,
+                                                 configs="moving_shapes")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     out_dir = Path(out_dir)
@@ -89,48 +115,78 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
     manifest: dict[str, Any] = {"mmgen_version": __version__, "created": datetime.now().astimezone().isoformat(timespec="seconds"),
                                 "checkpoints": str(checkpoints), "samples_per_prompt": samples_per_prompt,
                                 "sampling": SAMPLING, "seed": seed, "samples": [], "paradigms": {},
-                                "audio": {"samples": [], "paradigms": {}, "skipped": skipped}}
+                                "audio": {"samples": [], "paradigms": {}, "skipped": skipped},
+                                "video": {"samples": [], "paradigms": {}, "skipped": video_skipped}}
     for paradigm in chosen:
-        pipe = getattr(pipelines, PARADIGMS[paradigm]).from_pretrained(str(Path(checkpoints) / paradigm))
-        pipe.set_progress_bar_config(disable=True)
+        pipe = _load(getattr(pipelines, PARADIGMS[paradigm]), Path(checkpoints) / paradigm)
         manifest["paradigms"][paradigm] = _run_paradigm(pipe, paradigm, prompts, samples_per_prompt, seed, out_dir, manifest)
     tone_prompts = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
     for paradigm in audio_chosen:
-        pipe = getattr(pipelines, AUDIO_PARADIGMS[paradigm]).from_pretrained(str(Path(audio_checkpoints) / paradigm))
-        pipe.set_progress_bar_config(disable=True)
+        pipe = _load(getattr(pipelines, AUDIO_PARADIGMS[paradigm]), Path(audio_checkpoints) / paradigm)
         manifest["audio"]["paradigms"][paradigm] = _run_audio_paradigm(pipe, paradigm, tone_prompts, samples_per_prompt,
                                                                        seed, out_dir, manifest["audio"]["samples"])
+    video_prompts = [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
+    for paradigm in video_chosen:
+        pipe = _load(getattr(pipelines, VIDEO_PARADIGMS[paradigm]), Path(video_checkpoints) / paradigm)
+        manifest["video"]["paradigms"][paradigm] = _run_video_paradigm(pipe, paradigm, video_prompts, samples_per_prompt,
+                                                                       seed, out_dir, manifest["video"]["samples"])
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out_dir / "index.html").write_text(_html(manifest), encoding="utf-8")
     return manifest
 
 
-def _audio_plan(audio_checkpoints: Path | None, audio_paradigms: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """The audio paradigms to run and the skipped ones with why; checked before anything is generated or deleted."""
-    if audio_checkpoints is None:
-        if audio_paradigms:
-            raise ValueError(f"audio_paradigms={audio_paradigms} needs audio_checkpoints (a folder with their sub-folders), got None")
+def _optional_plan(kind: str, root: Path | None, named: list[str] | None, known: dict[str, str], *,
+                   configs: str) -> tuple[list[str], dict[str, str]]:
+    """The ``kind`` ("audio", "video") paradigms to run and the skipped ones with why; checked before anything is
+    generated or deleted. Absent folders are skipped unless ``named`` asks for them; ``configs`` trains them."""
+    if root is None:
+        if named:
+            raise ValueError(f"{kind}_paradigms={named} needs {kind}_checkpoints (a folder with their sub-folders), got None")
         return [], {}
-    chosen = list(AUDIO_PARADIGMS) if audio_paradigms is None else audio_paradigms
-    unknown = [p for p in chosen if p not in AUDIO_PARADIGMS]
+    chosen = list(known) if named is None else named
+    unknown = [p for p in chosen if p not in known]
     if unknown:
-        raise ValueError(f"unknown audio paradigm(s) {unknown}; choose from {list(AUDIO_PARADIGMS)}")
-    missing = [p for p in chosen if not (Path(audio_checkpoints) / p / "model_index.json").is_file()]
-    if missing and audio_paradigms is not None:
-        raise FileNotFoundError(f"no shipped audio pipeline for {missing} in {audio_checkpoints}; pass --audio-checkpoints DIR "
-                                f"(a folder with {', '.join(chosen)} sub-folders, e.g. from `mmgen train configs/tones/...`)")
-    return [p for p in chosen if p not in missing], {p: f"no pipeline in {Path(audio_checkpoints) / p}" for p in missing}
+        raise ValueError(f"unknown {kind} paradigm(s) {unknown}; choose from {list(known)}")
+    missing = [p for p in chosen if not (Path(root) / p / "model_index.json").is_file()]
+    if missing and named is not None:
+        raise FileNotFoundError(f"no shipped {kind} pipeline for {missing} in {root}; pass --{kind}-checkpoints DIR "
+                                f"(a folder with {', '.join(chosen)} sub-folders, e.g. from `mmgen train configs/{configs}/...`)")
+    return [p for p in chosen if p not in missing], {p: f"no pipeline in {Path(root) / p}" for p in missing}
+
+
+def _load(cls: type, folder: Path) -> Any:
+    """A saved pipeline, its progress bars off: the demo prints its own summary."""
+    pipe = cls.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe: Any, prompts: list[str], repeat: int, seed: int) -> tuple[Any, list[int], float]:
+    """Every prompt ``repeat`` times as one batch, sample i seeded with ``seed + i``: the output, the seeds, the seconds."""
+    seeds = [seed + i for i in range(len(prompts) * repeat)]
+    start = time.perf_counter()
+    out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type="pt",
+               generator=[torch.Generator().manual_seed(s) for s in seeds], **SAMPLING)
+    return out, seeds, time.perf_counter() - start
+
+
+def _stem(i: int, prompt: str, seed: int) -> str:
+    """A sample's file name without suffix: its index, prompt and seed ("000-a-red-circle-seed0")."""
+    return f"{i:03d}-{prompt.replace(' ', '-')}-seed{seed}"
+
+
+def _info(pipe: Any, description: str, seeds: list[int], seconds: float, right: int, **extra: Any) -> dict[str, Any]:
+    """A paradigm's manifest entry: what it is, what a sample costs, how many it made, how fast and how well."""
+    return {"pipeline": type(pipe).__name__, "description": description, **_cost(pipe), **extra,
+            "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
+            "prompt_adherence": right / len(seeds)}
 
 
 def _run_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
                   manifest: dict[str, Any]) -> dict[str, Any]:
     from .training.evaluation import save_grid
 
-    seeds = [seed + i for i in range(len(prompts) * repeat)]
-    start = time.perf_counter()
-    out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type="pt",
-               generator=[torch.Generator().manual_seed(s) for s in seeds], **SAMPLING)
-    seconds = time.perf_counter() - start
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed)
     images = out.images * 2 - 1
     judged = judge_shapes(images)
     folder = out_dir / paradigm
@@ -140,26 +196,20 @@ def _run_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, see
         class_id, prompt = i // repeat, prompts[i // repeat]
         ok = (shape, colour) == class_parts(class_id)
         right += ok
-        name = f"{paradigm}/{i:03d}-{prompt.replace(' ', '-')}-seed{seeds[i]}.png"
+        name = f"{paradigm}/{_stem(i, prompt, seeds[i])}.png"
         save_grid(image[None], out_dir / name, rows=1)
         manifest["samples"].append({"file": name, "paradigm": paradigm, "prompt": prompt, "class_id": class_id,
                                     "seed": seeds[i], "seconds": seconds / len(seeds),
                                     "judged": {"shape": shape, "colour": colour}, "right": bool(ok)})
     save_grid(images, out_dir / f"grid-{paradigm}.png", rows=len(prompts) // 3)
-    return {"pipeline": type(pipe).__name__, "description": DESCRIPTIONS[paradigm].format(**pipe.config), **_cost(pipe),
-            "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
-            "prompt_adherence": right / len(seeds)}
+    return _info(pipe, DESCRIPTIONS[paradigm].format(**pipe.config), seeds, seconds, right)
 
 
 def _run_audio_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
                         samples: list[dict[str, Any]]) -> dict[str, Any]:
     import soundfile
 
-    seeds = [seed + i for i in range(len(prompts) * repeat)]
-    start = time.perf_counter()
-    out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type="pt",
-               generator=[torch.Generator().manual_seed(s) for s in seeds], **SAMPLING)
-    seconds = time.perf_counter() - start
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed)
     audio_B1T, rate = out.audios[:, None], out.sample_rate
     judged = judge_tones(audio_B1T, sample_rate=rate)
     pictures = _spectrograms(audio_B1T, sample_rate=rate)
@@ -169,16 +219,37 @@ def _run_audio_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
         class_id, prompt = i // repeat, prompts[i // repeat]
         ok = (kind, root) == tone_class_parts(class_id)
         right += ok
-        stem = f"{AUDIO_FOLDER}/{paradigm}/{i:03d}-{prompt.replace(' ', '-')}-seed{seeds[i]}"
+        stem = f"{AUDIO_FOLDER}/{paradigm}/{_stem(i, prompt, seeds[i])}"
         write_atomically(out_dir / f"{stem}.wav", lambda tmp, clip=clip: soundfile.write(str(tmp), clip, rate, subtype="PCM_16",
                                                                                           format="WAV"))
         write_atomically(out_dir / f"{stem}.png", lambda tmp, picture=picture: Image.fromarray(picture).save(tmp, format="PNG"))
         samples.append({"file": f"{stem}.wav", "spectrogram": f"{stem}.png", "paradigm": paradigm, "prompt": prompt,
                         "class_id": class_id, "seed": seeds[i], "seconds": seconds / len(seeds),
                         "judged": {"kind": kind, "root": root}, "right": bool(ok)})
-    return {"pipeline": type(pipe).__name__, "description": AUDIO_DESCRIPTIONS[paradigm], **_cost(pipe), "sample_rate": rate,
-            "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
-            "prompt_adherence": right / len(seeds)}
+    return _info(pipe, AUDIO_DESCRIPTIONS[paradigm], seeds, seconds, right, sample_rate=rate)
+
+
+def _run_video_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
+                        samples: list[dict[str, Any]]) -> dict[str, Any]:
+    from .training.evaluation import save_video_grid
+
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed)
+    videos = out.videos.cpu()  # [B, T, 3, H, W] in [0, 1]
+    clips = videos * 2 - 1
+    judged = judge_moving_shapes(clips)
+    (out_dir / VIDEO_FOLDER / paradigm).mkdir(parents=True)
+    right = 0
+    for i, (frames_THW3, (shape, colour, direction)) in enumerate(zip(videos.permute(0, 1, 3, 4, 2).numpy(), judged)):
+        class_id, prompt = i // repeat, prompts[i // repeat]
+        ok = (shape, colour, direction) == video_class_parts(class_id)
+        right += ok
+        name = f"{VIDEO_FOLDER}/{paradigm}/{_stem(i, prompt, seeds[i])}.gif"
+        write_video(out_dir / name, frames_THW3, fps=VIDEO_FPS)
+        samples.append({"file": name, "paradigm": paradigm, "prompt": prompt, "class_id": class_id, "seed": seeds[i],
+                        "seconds": seconds / len(seeds), "judged": {"shape": shape, "colour": colour, "direction": direction},
+                        "right": bool(ok)})
+    save_video_grid(clips, out_dir / VIDEO_FOLDER / f"grid-{paradigm}.gif", rows=VIDEO_GRID_ROWS, frame_ms=round(1000 / VIDEO_FPS))
+    return _info(pipe, VIDEO_DESCRIPTIONS[paradigm], seeds, seconds, right, num_frames=videos.shape[1], fps=VIDEO_FPS)
 
 
 def _cost(pipe: Any) -> dict[str, Any]:
@@ -228,7 +299,7 @@ def _html(manifest: dict[str, Any]) -> str:
                   "Hover over a sample for its seed and generation time.</p>" + images)
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">"
             f"<title>mmgen {html.escape(manifest['mmgen_version'])} demo</title><style>{STYLE}</style></head><body><main>"
-            + _header(manifest) + _summary(manifest) + images + _audio_html(manifest["audio"])
+            + _header(manifest) + _summary(manifest) + images + _audio_html(manifest["audio"]) + _video_html(manifest["video"])
             + '<footer><p>Everything on this page, machine-readable: <a href="manifest.json">manifest.json</a>.</p></footer>'
             "</main></body></html>\n")
 
@@ -236,10 +307,11 @@ def _html(manifest: dict[str, Any]) -> str:
 def _header(manifest: dict[str, Any]) -> str:
     """What the page shows and how it was made, in words: a reader should not need the manifest to follow it."""
     made = datetime.fromisoformat(manifest["created"])
-    infos = [*manifest["paradigms"].values(), *manifest["audio"]["paradigms"].values()]
+    infos = [*manifest["paradigms"].values(), *manifest["audio"]["paradigms"].values(), *manifest["video"]["paradigms"].values()]
     devices = ", ".join(sorted({info["device"] for info in infos})) or "no device"
-    prompts = " and ".join(f"every {name} prompt" for name, ran in (("shapes", manifest["paradigms"]),
-                                                                    ("tones", manifest["audio"]["paradigms"])) if ran)
+    ran = [f"every {name} prompt" for name, paradigms in (("shapes", manifest["paradigms"]), ("tones", manifest["audio"]["paradigms"]),
+                                                           ("moving-shapes", manifest["video"]["paradigms"])) if paradigms]
+    prompts = " and ".join([", ".join(ran[:-1]), ran[-1]] if len(ran) > 2 else ran)
     n, sampling = manifest["samples_per_prompt"], manifest["sampling"]
     return (f"<header><h1>mmgen demo</h1><p class=lead>Autoregressive generation with mmgen "
             f"{html.escape(manifest['mmgen_version'])}: one small pipeline per paradigm generated {prompts or 'nothing'}, "
@@ -250,9 +322,10 @@ def _header(manifest: dict[str, Any]) -> str:
 
 
 def _summary(manifest: dict[str, Any]) -> str:
-    """One row per paradigm, images then audio: the figures a reader compares first, each linked to its samples."""
+    """One row per paradigm, images, audio, then video: the figures a reader compares first, each linked to its samples."""
     rows = [*(("image", p, info) for p, info in manifest["paradigms"].items()),
-            *(("audio", p, info) for p, info in manifest["audio"]["paradigms"].items())]
+            *(("audio", p, info) for p, info in manifest["audio"]["paradigms"].items()),
+            *(("video", p, info) for p, info in manifest["video"]["paradigms"].items())]
     body = "".join(
         f'<tr><th scope=row><a href="#{kind}-{html.escape(p)}">{html.escape(p)}</a></th><td>{kind}</td>'
         f'<td>{html.escape(info["description"])}<small>{_positions_in_words(info)}; '
@@ -288,7 +361,8 @@ def _section(kind: str, paradigm: str, info: dict[str, Any], samples: list[dict[
 
 
 def _figure(kind: str, sample: dict[str, Any], batch: str) -> str:
-    """One sample: its media (an image; a spectrogram above a player), the prompt, the verdict; seed and time on hover.
+    """One sample: its media (an image or animated GIF; a spectrogram above a player), the prompt, the verdict; seed and
+    time on hover.
 
     A paradigm's samples are generated as one ``batch``, so a sample's time is the batch's divided by its size.
     """
@@ -313,13 +387,27 @@ def _read(judged: dict[str, str | None]) -> str:
 
 
 def _audio_html(audio: dict[str, Any]) -> str:
-    """The tones section: per paradigm its clips, then the paradigms skipped and why; nothing when audio was left out."""
-    if not audio["paradigms"] and not audio["skipped"]:
+    """The tones section; nothing when audio was left out."""
+    return _optional_html("audio", audio, "<h2>Audio: tones prompts</h2><p>Each clip's log-mel spectrogram (low frequencies at "
+                          f"the bottom, {SPECTROGRAM_RANGE_DB:.0f} dB below its peak) above a player. The frame is green when the "
+                          "judge (<code>mmgen.metrics.judge_tones</code>, on the spectrum) reads the prompt's kind and root note, "
+                          "red when it does not; hover for seed and generation time.</p>")
+
+
+def _video_html(video: dict[str, Any]) -> str:
+    """The moving-shapes section; nothing when video was left out."""
+    return _optional_html("video", video, "<h2>Video: moving-shapes prompts</h2><p>Each clip an animated GIF, looping at "
+                          f"{VIDEO_FPS} frames per second, enlarged with its pixels kept sharp. The frame is green when the judge "
+                          "(<code>mmgen.metrics.judge_moving_shapes</code>, on the pixels of every frame) reads the prompt's shape, "
+                          "colour and direction of motion, red when it does not; hover for seed and generation time.</p>")
+
+
+def _optional_html(kind: str, part: dict[str, Any], intro: str) -> str:
+    """A section that may be absent (audio, video): ``intro``, per paradigm its samples, then the paradigms skipped and
+    why; nothing when the modality was left out."""
+    if not part["paradigms"] and not part["skipped"]:
         return ""
-    sections = "".join(_section("audio", p, info, [s for s in audio["samples"] if s["paradigm"] == p])
-                       for p, info in audio["paradigms"].items())
-    skipped = "".join(f"<p>{html.escape(p)}: skipped, {html.escape(why)}.</p>" for p, why in audio["skipped"].items())
-    return ("<h2>Audio: tones prompts</h2><p>Each clip's log-mel spectrogram (low frequencies at the bottom, "
-            f"{SPECTROGRAM_RANGE_DB:.0f} dB below its peak) above a player. The frame is green when the judge "
-            "(<code>mmgen.metrics.judge_tones</code>, on the spectrum) reads the prompt's kind and root note, red when it does "
-            "not; hover for seed and generation time.</p>" + sections + skipped)
+    sections = "".join(_section(kind, p, info, [s for s in part["samples"] if s["paradigm"] == p])
+                       for p, info in part["paradigms"].items())
+    skipped = "".join(f"<p>{html.escape(p)}: skipped, {html.escape(why)}.</p>" for p, why in part["skipped"].items())
+    return intro + sections + skipped

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["AUDIO_CHECKPOINTS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "PARADIGMS"]
+__all__ = ["AUDIO_CHECKPOINTS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "PARADIGMS", "VIDEO_CHECKPOINTS", "VIDEO_PARADIGMS"]
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes32"
 PARADIGMS = {"next-token": "NextTokenPipeline", "next-scale": "NextScalePipeline", "next-x": "NextXPipeline"}
 AUDIO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "tones"
 AUDIO_PARADIGMS = {"next-token-rvq": "NextTokenPipeline", "next-scale": "NextScalePipeline", "next-token-single": "NextTokenPipeline"}
+VIDEO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "moving_shapes"
+VIDEO_PARADIGMS = {"next-token": "NextTokenPipeline", "next-frame": "NextXPipeline"}

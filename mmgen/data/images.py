@@ -90,17 +90,22 @@ def parse_caption(text: str) -> int:
 
 
 def _coverage(shape_idx_B: torch.Tensor, centre_B2: torch.Tensor, radius_B2: torch.Tensor, rotation_B: torch.Tensor,
-              *, size: int, supersample: int = SUPERSAMPLE) -> torch.Tensor:
+              *, size: int, supersample: int = SUPERSAMPLE, wrap: bool = False) -> torch.Tensor:
     """Anti-aliased coverage ``[B, size, size]`` in [0, 1] of shapes given in pixel units.
 
     A shape fills the box of half-sides ``radius_B2 = (rx, ry)`` around its centre (before rotation):
     a circle (ellipse) inscribed in it, the box itself for a square, and for a triangle the box's base
     edge with its apex at the middle of the top edge. Pixel ``(i, j)`` spans ``[j, j+1] x [i, i+1]``.
+    With ``wrap`` the image is a torus: offsets from the centre are taken the short way round
+    (``((x - cx + size/2) mod size) - size/2``), so a shape crossing a border re-enters on the other side.
     """
     n = size * supersample
     grid = (torch.arange(n, dtype=torch.float32) + 0.5) / supersample
     dx = grid[None, None, :] - centre_B2[:, 0, None, None]  # [B, 1, n]
     dy = grid[None, :, None] - centre_B2[:, 1, None, None]  # [B, n, 1]
+    if wrap:
+        dx = torch.remainder(dx + size / 2, size) - size / 2
+        dy = torch.remainder(dy + size / 2, size) - size / 2
     if bool((rotation_B != 0).any()):
         cos, sin = torch.cos(rotation_B)[:, None, None], torch.sin(rotation_B)[:, None, None]
         dx, dy = cos * dx + sin * dy, -sin * dx + cos * dy  # [B, n, n]

@@ -1,10 +1,11 @@
-"""Quality metrics, one module per modality: images (:mod:`.images`) and audio (:mod:`.audio`); metrics of whole
-sample sets in a feature space (:mod:`.distribution`) and feature extractors for them (:mod:`.features`)."""
+"""Quality metrics, one module per modality: images (:mod:`.images`), audio (:mod:`.audio`) and video (:mod:`.video`);
+metrics of whole sample sets in a feature space (:mod:`.distribution`) and feature extractors for them (:mod:`.features`)."""
 
-from . import audio, distribution, features, images
+from . import audio, distribution, features, images, video
 from .audio import *  # noqa: F403 (the public names of each modality, listed in its __all__)
 from .distribution import *  # noqa: F403
 from .features import *  # noqa: F403
 from .images import *  # noqa: F403
+from .video import *  # noqa: F403
 
-__all__ = [*images.__all__, *audio.__all__, *distribution.__all__, *features.__all__]
+__all__ = [*images.__all__, *audio.__all__, *distribution.__all__, *features.__all__, *video.__all__]

@@ -22,7 +22,7 @@ __all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "Train
 KINDS = ("tokenizer", "generator")
 PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
 CONDITIONS = ("class", "text", "text_encoder")
-DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder")
+DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder", "moving_shapes", "video_folder")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 PATH_KEYS = ("tokenizer", "data.tokens")  # relative to the config file when written in it
@@ -35,7 +35,8 @@ class DataConfig:
     """What to learn from. Images: built-in ``shapes``, a ``folder`` of images, or a local Hugging Face ``hf``
     dataset, at ``image_size``. Audio: built-in ``tones`` or an ``audio_folder`` of WAV/FLAC files, as clips of
     ``clip_seconds`` at ``sample_rate``; ``detune`` (tones only) moves each clip's root by up to that many
-    semitones, so a codec learns every pitch and not only the seven roots.
+    semitones, so a codec learns every pitch and not only the seven roots. Video: built-in ``moving_shapes`` or
+    a ``video_folder`` of MP4/GIF files, as clips of ``num_frames`` frames of ``image_size``.
 
     ``num_items`` caps how many are used (shapes, tones: how many are rendered); ``tokens`` names a folder written
     by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
@@ -51,6 +52,7 @@ class DataConfig:
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     detune: float = 0.0
+    num_frames: int = 9
     num_items: int = 16384
     seed: int = 0
     num_workers: int = 0
@@ -153,7 +155,7 @@ class TrainConfig:
         elif self.tokenizer.get("image_size", self.data.image_size) != self.data.image_size:
             raise ValueError(f"tokenizer.image_size={self.tokenizer['image_size']!r} differs from data.image_size="
                              f"{self.data.image_size}: a tokenizer learns and decodes the grid of its own image size")
-        for name in ("data.sample_rate", "data.image_size", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
+        for name in ("data.sample_rate", "data.image_size", "data.num_frames", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
                      "eval.batch_size", "checkpoint.keep"):
             value = _lookup(self, name)
             if value < 1:

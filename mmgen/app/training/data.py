@@ -1,7 +1,7 @@
-"""Training data: image and audio sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
+"""Training data: image, audio and video sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
 
-A source's ``modality`` ("image", "audio") names the key its batches hold the samples under; labelled
-built-in sets (shapes, tones) also give their class count and captions (:func:`class_captions`).
+A source's ``modality`` ("image", "audio", "video") names the key its batches hold the samples under; labelled
+built-in sets (shapes, tones, moving shapes) also give their class count and captions (:func:`class_captions`).
 
 Every step's batch is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a resumed run sees
 exactly the data an uninterrupted one would, and each process of a multi-process run takes its own
@@ -26,12 +26,16 @@ from torch.utils.data import DataLoader, Dataset
 from mmgen.data import (
     NUM_CLASSES,
     NUM_TONE_CLASSES,
+    NUM_VIDEO_CLASSES,
     AudioFolder,
     ImageFolder,
+    MovingShapesDataset,
     ShapesDataset,
     TonesDataset,
+    VideoFolder,
     caption,
     tone_caption,
+    video_caption,
 )
 from mmgen.files import write_atomically
 
@@ -88,10 +92,14 @@ def build_source(cfg: DataConfig) -> Any:
                             detune=cfg.detune)
     if cfg.detune:
         raise ValueError(f"data.detune applies to the built-in tones only, not to data.dataset: {cfg.dataset}")
+    if cfg.dataset == "moving_shapes":
+        return MovingShapesDataset(size=cfg.image_size, num_frames=cfg.num_frames, length=cfg.num_items, split="train", seed=cfg.seed)
     if cfg.path is None:
         raise ValueError(f"data.path is required for data.dataset: {cfg.dataset}")
     if cfg.dataset == "folder":
         return ImageFolder(cfg.path, size=cfg.image_size)
+    if cfg.dataset == "video_folder":
+        return VideoFolder(cfg.path, size=cfg.image_size, num_frames=cfg.num_frames)
     if cfg.dataset == "audio_folder":
         return AudioFolder(cfg.path, sample_rate=cfg.sample_rate, seconds=cfg.clip_seconds)
     return HFImageSource(cfg.path, size=cfg.image_size, image_column=cfg.image_column, label_column=cfg.label_column)
@@ -103,6 +111,8 @@ def class_captions(dataset: str) -> list[str] | None:
         return [caption(c) for c in range(NUM_CLASSES)]
     if dataset == "tones":
         return [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
+    if dataset == "moving_shapes":
+        return [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
     return None
 
 

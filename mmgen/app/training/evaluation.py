@@ -3,7 +3,8 @@
 Image tokenizers: PSNR / SSIM on held-out shapes and photo crops. Audio codecs: SI-SDR, mel and STFT
 distance on held-out tones and on espeak-ng speech (out of domain), per codebook count where the codec
 encodes at several bitrates, and how often the tones judge still reads the class of a reconstruction.
-Generators: adherence on the classes of the built-in set they learnt (shapes or tones).
+Video tokenizers: PSNR per frame position on held-out moving shapes, and on held-out shapes as 1-frame videos.
+Generators: adherence on the classes of the built-in set they learnt (shapes, tones or moving shapes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mmgen.data import PhotoCrops, ShapesDataset, SpeechClips, TonesDataset
+from mmgen.data import MovingShapesDataset, PhotoCrops, ShapesDataset, SpeechClips, TonesDataset
 from mmgen.metrics import (
     codebook_usage,
     codebook_usage_per_level,
@@ -26,13 +27,14 @@ from mmgen.metrics import (
     ssim,
     stft_distance,
     tone_adherence,
+    video_adherence,
 )
 from mmgen.sampling import GuidanceSchedule
 
 from .config import TrainConfig
 
-__all__ = ["evaluate_tokenizer", "evaluate_generator", "reconstruction_metrics", "audio_reconstruction_metrics", "save_grid",
-           "write_wavs"]
+__all__ = ["evaluate_tokenizer", "evaluate_generator", "reconstruction_metrics", "audio_reconstruction_metrics",
+           "video_reconstruction_metrics", "save_grid", "save_video_grid", "write_wavs"]
 
 SPEECH_CLIPS = 24  # espeak-ng clips in the out-of-domain check (about 1 s of rendering each batch of 12)
 WAVS_PER_RUN = 28  # generated clips written as WAV files next to eval.json (one per tones class)
@@ -145,10 +147,54 @@ def _evaluate_codec(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+@torch.no_grad()
+def video_reconstruction_metrics(tok: torch.nn.Module, videos_BTCHW: torch.Tensor, *, class_ids: torch.Tensor | None = None,
+                                 batch_size: int = 32) -> dict[str, Any]:
+    """PSNR of ``decode(encode(videos))`` per frame position (``psnr_per_frame``), of the first frame and of the
+    later ones, SSIM, codebook usage of discrete ids, and with ``class_ids`` (moving shapes) ``judged_right``: the
+    share of reconstructions :func:`mmgen.metrics.video_adherence` still reads as their class."""
+    was_training = tok.training
+    tok.eval()
+    try:
+        rec, ids = _reconstruct(tok, videos_BTCHW, batch_size=batch_size)
+        target = videos_BTCHW.float()
+        results: dict[str, Any] = {"psnr": psnr(rec.flatten(0, 1), target.flatten(0, 1)),
+                                   "psnr_first": psnr(rec[:, 0], target[:, 0]),
+                                   "ssim": ssim(rec.flatten(0, 1), target.flatten(0, 1)),
+                                   "psnr_per_frame": [psnr(rec[:, t], target[:, t]) for t in range(rec.shape[1])]}
+        if rec.shape[1] > 1:
+            results["psnr_rest"] = psnr(rec[:, 1:].flatten(0, 1), target[:, 1:].flatten(0, 1))
+        if class_ids is not None:
+            results["judged_right"] = video_adherence(rec, class_ids)
+        if ids and isinstance(getattr(tok, "codebook_size", None), int):
+            results.update(codebook_usage(torch.cat(ids), tok.codebook_size))
+    finally:
+        tok.train(was_training)
+    return results
+
+
+def _evaluate_video_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Held-out moving shapes per frame position, and held-out shapes-32 images as 1-frame videos (the image path)."""
+    n, size = cfg.eval.num_items, cfg.data.image_size
+    device = next(tok.parameters()).device
+    clips = MovingShapesDataset(size=size, num_frames=cfg.data.num_frames, length=n, split="heldout", seed=cfg.seed).batch(range(n))
+    images = ShapesDataset(size=size, length=n, split="heldout", seed=cfg.seed).batch(range(n))
+    as_frames = video_reconstruction_metrics(tok, images["image"][:, None].to(device))
+    return {
+        "moving_shapes_heldout": video_reconstruction_metrics(tok, clips["video"].to(device), class_ids=clips["class_id"]),
+        "shapes_heldout_as_images": {"psnr": as_frames["psnr"], "ssim": as_frames["ssim"],
+                                     "judged_right": prompt_adherence(_reconstruct(tok, images["image"].to(device), batch_size=32)[0][:, 0],
+                                                                      images["class_id"])},
+    }
+
+
 def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
-    """Images: reconstruction on held-out shapes and on crops of scikit-image's photos. Audio: see :func:`_evaluate_codec`."""
+    """Images: reconstruction on held-out shapes and on crops of scikit-image's photos. Audio: see
+    :func:`_evaluate_codec`. Video: see :func:`_evaluate_video_tokenizer`."""
     if tok.modality == "audio":
         return _evaluate_codec(tok, cfg)
+    if tok.modality == "video":
+        return _evaluate_video_tokenizer(tok, cfg)
     n, size = cfg.eval.num_items, cfg.data.image_size
     heldout = ShapesDataset(size=size, length=n, split="heldout", seed=cfg.seed).batch(range(n))
     device = next(tok.parameters()).device
@@ -160,6 +206,7 @@ def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]
 
 
 CONTINUATION_PROMPT_SECONDS = 0.25  # the issue's prompt: a clip's first quarter second
+LONG_VIDEO_FACTOR = 4  # long videos: 4x the clip length a video pipeline was trained on
 
 
 def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = None) -> dict[str, Any]:
@@ -175,8 +222,10 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
                               "temperature": ev.temperature, "top_k": ev.top_k, "top_p": ev.top_p, "min_p": ev.min_p}
     if ev.num_flow_steps is not None:
         kwargs["num_flow_steps"] = ev.num_flow_steps
-    if cfg.data.dataset not in ("shapes", "tones"):
+    if cfg.data.dataset not in ("shapes", "tones", "moving_shapes"):
         return {}
+    if cfg.data.dataset == "moving_shapes":
+        return _evaluate_video_generator(pipe, cfg, kwargs, out_dir=out_dir)
     result = generation_quality(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
     if cfg.data.dataset == "tones":
         audios, rate = result.pop("audios"), result.pop("sample_rate")
@@ -194,6 +243,48 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
     if out_dir is not None:
         save_grid(images, Path(out_dir) / "samples.png", rows=21)
     return result
+
+
+def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any], *, out_dir: Path | None) -> dict[str, Any]:
+    """Moving shapes: adherence over every class; for pipelines that take a ``prefill``, image-to-video (held-out
+    first frames given, no condition) and one video per class 4x the trained length (clips chained through their
+    last frame). The first sample of each class as an animated GIF grid in ``out_dir``, the long videos too."""
+    from pipelines.evaluate import moving_shapes_adherence, moving_shapes_image_to_video, moving_shapes_long_video
+
+    ev = cfg.eval
+    result = moving_shapes_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
+    videos = result.pop("videos")
+    if out_dir is not None:
+        save_video_grid(videos[::ev.samples_per_class], Path(out_dir) / "samples.gif", rows=12)
+    if "prefill" in inspect.signature(pipe.__call__).parameters:
+        sampling = {name: value for name, value in kwargs.items() if name != "guidance_scale"}
+        given = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed,
+                                             **sampling)
+        result["image_to_video"] = {name: given[name] for name in ("kept", "moving", "num_samples")}
+        long = moving_shapes_long_video(pipe, samples_per_class=1, length_factor=LONG_VIDEO_FACTOR, batch_size=ev.batch_size,
+                                        seed=cfg.seed, **kwargs)
+        if out_dir is not None:
+            save_video_grid(long.pop("videos"), Path(out_dir) / "long_videos.gif", rows=12)
+        result["long_video"] = {name: value for name, value in long.items() if name != "videos"}
+    return result
+
+
+def save_video_grid(videos_NTCHW: torch.Tensor, path: Path, *, rows: int, frame_ms: int = 125) -> None:
+    """Clips in [-1, 1] as one animated GIF: frame t of the GIF is the grid of every clip's frame t."""
+    import PIL.Image
+
+    from mmgen.files import write_atomically
+
+    n, t, _, h, w = videos_NTCHW.shape
+    cols = math.ceil(n / rows)
+    canvas = torch.zeros(t, 3, rows * h, cols * w)
+    for i, clip in enumerate(videos_NTCHW):
+        r, c = divmod(i, cols)
+        canvas[:, :, r * h:(r + 1) * h, c * w:(c + 1) * w] = (clip.float().cpu() + 1) / 2
+    frames = [PIL.Image.fromarray((f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in canvas]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms,
+                                                      loop=0))
 
 
 def write_wavs(audio_N1T: torch.Tensor, folder: Path, *, sample_rate: int, names: list[str]) -> list[Path]:
