@@ -260,6 +260,9 @@ def generation_quality(pipe: ARPipeline, *, samples_per_class: int = 10, batch_s
     deviation within a class over the data's, averaged over classes (1.0: as varied as the data), and
     ``spread_min`` the smallest. The samples are returned too (``images`` or ``audios``).
     """
+    if pipe.tokenizer.modality not in ("image", "audio"):
+        raise ValueError(f"generation_quality covers image and audio pipelines; this one makes {pipe.tokenizer.modality} "
+                         "(for moving shapes use pipelines.moving_shapes_adherence)")
     audio = pipe.tokenizer.modality == "audio"
     if batch_size is None:
         batch_size = NUM_TONE_CLASSES if audio else 2 * NUM_CLASSES

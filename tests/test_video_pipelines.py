@@ -23,7 +23,7 @@ from mmgen.app.cli import main
 from mmgen.conditioning import ClassConditioner
 from mmgen.data import NUM_VIDEO_CLASSES, MovingShapesDataset, video_caption
 from mmgen.generation import teacher_hidden
-from pipelines import ARVideoPipelineOutput, NextTokenPipeline, NextXPipeline, generate_long_video
+from pipelines import ARVideoPipelineOutput, NextTokenPipeline, NextXPipeline, generate_long_video, generation_quality
 from tokenizers_visual import CausalVideoConfig, CausalVideoTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -135,6 +135,11 @@ def test_a_video_grid_takes_frame_token_or_image_entities_only():
         NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, entity="cell")
     pipe = NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, entity="token", head={"width": 16, "depth": 1})
     assert pipe.num_groups == 2 * 2 * 2  # one latent position per step, in (t, h, w) raster order
+
+
+def test_generation_quality_points_video_pipelines_to_their_own_judge():
+    with pytest.raises(ValueError, match="generation_quality covers image and audio pipelines; this one makes video"):
+        generation_quality(_pipe("next-token"), samples_per_class=1)
 
 
 def test_pipeline_round_trips_through_save_pretrained(tmp_path):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from mmgen.lazy import attach
 
 if TYPE_CHECKING:
+    from .condensed import CondensedVideoConfig, CondensedVideoTokenizer
     from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
     from .kl import KLConfig, KLImageTokenizer
     from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .vq import VQConfig, VQImageTokenizer
 
 __getattr__, __dir__ = attach(__name__, {
+    "condensed": ("CondensedVideoConfig", "CondensedVideoTokenizer"),
     "flex": ("FlexImageTokenizer", "FlexImageTokenizerConfig"),
     "kl": ("KLConfig", "KLImageTokenizer"),
     "multiscale_vq": ("MultiScaleVQConfig", "MultiScaleVQTokenizer"),
@@ -30,6 +32,8 @@ __getattr__, __dir__ = attach(__name__, {
 __all__ = [
     "CausalVideoConfig",
     "CausalVideoTokenizer",
+    "CondensedVideoConfig",
+    "CondensedVideoTokenizer",
     "FlexImageTokenizer",
     "FlexImageTokenizerConfig",
     "KLConfig",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,42 @@ class _Block(nn.Module):
         return h_BLD + self.mlp(self.norm2(h_BLD))
 
 
-class FlexImageTokenizer(PretrainedModel):
+def register_mask(num_patches: int, num_registers: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """FlexTok's encoder mask (True = may attend): patches see patches; register r sees every patch and registers <= r."""
+    total = num_patches + num_registers
+    allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
+    allowed[:, :num_patches] = True
+    allowed[num_patches:, num_patches:] = torch.ones(num_registers, num_registers, dtype=torch.bool, device=device).tril()
+    return allowed
+
+
+class NestedDropoutMixin:
+    """Prefix lengths of a register tokenizer whose config has ``nested_dropout`` and which has ``max_tokens``."""
+
+    cfg: Any
+    max_tokens: int
+
+    def sample_keep_lengths(self, batch_size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+        """Nested dropout: kept prefix lengths ``[B]`` drawn from the configured distribution (global RNG)."""
+        n = self.max_tokens
+        if self.cfg.nested_dropout == "none":
+            return torch.full((batch_size,), n, dtype=torch.long, device=device)
+        if self.cfg.nested_dropout == "uniform":
+            return torch.randint(1, n + 1, (batch_size,), device=device)
+        exponents = torch.randint(0, n.bit_length(), (batch_size,), device=device)
+        return 2**exponents
+
+    def _check_num_tokens(self, num_tokens: int | None, *, name: str = "num_tokens") -> int:
+        if num_tokens is None:
+            return self.max_tokens
+        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or not 1 <= num_tokens <= self.max_tokens:
+            raise ValueError(
+                f"{name} must be an int in [1, {self.max_tokens}] (the tokenizer's max_tokens), got {num_tokens!r}"
+            )
+        return num_tokens
+
+
+class FlexImageTokenizer(NestedDropoutMixin, PretrainedModel):
     """Images ``[B, 3, S, S]`` in [-1, 1] ↔ 1D ids ``[B, k]``, any ``1 <= k <= max_tokens`` (see module docstring)."""
 
     config_class = FlexImageTokenizerConfig
@@ -227,29 +263,10 @@ class FlexImageTokenizer(PretrainedModel):
         logs = {"rec": rec.item(), "usage": used / self.codebook_size, "keep_mean": keep_B.float().mean().item()}
         return rec, logs
 
-    def sample_keep_lengths(self, batch_size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-        """Nested dropout: kept prefix lengths ``[B]`` drawn from the configured distribution (global RNG)."""
-        n = self.max_tokens
-        if self.cfg.nested_dropout == "none":
-            return torch.full((batch_size,), n, dtype=torch.long, device=device)
-        if self.cfg.nested_dropout == "uniform":
-            return torch.randint(1, n + 1, (batch_size,), device=device)
-        exponents = torch.randint(0, n.bit_length(), (batch_size,), device=device)
-        return 2**exponents
-
     # ---- internals ---------------------------------------------------------------------------
     def _check_input(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, size_multiple=self.cfg.patch_size, size=self.cfg.image_size)
         return images.to(self.dtype)
-
-    def _check_num_tokens(self, num_tokens: int | None, *, name: str = "num_tokens") -> int:
-        if num_tokens is None:
-            return self.max_tokens
-        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or not 1 <= num_tokens <= self.max_tokens:
-            raise ValueError(
-                f"{name} must be an int in [1, {self.max_tokens}] (the tokenizer's max_tokens), got {num_tokens!r}"
-            )
-        return num_tokens
 
     def _encode_latents(self, x_BCHW: torch.Tensor, k: int) -> torch.Tensor:
         """Run the encoder with the first k registers only (exact: registers are causal) → ``[B, k, C]``."""
@@ -258,19 +275,10 @@ class FlexImageTokenizer(PretrainedModel):
         h_BLD = torch.cat(
             [patches_BLD + self.enc_patch_pos, self.registers[:, :k].expand(x_BCHW.shape[0], -1, -1)], dim=1
         )
-        allowed_LL = self._encoder_mask(k, device=x_BCHW.device)
+        allowed_LL = register_mask(num_patches, k, device=x_BCHW.device)
         for block in self.encoder:
             h_BLD = block(h_BLD, allowed_LL)
         return self.to_code(self.enc_norm(h_BLD[:, num_patches:]))
-
-    def _encoder_mask(self, k: int, *, device: torch.device) -> torch.Tensor:
-        """Patches see patches; register r sees all patches and registers <= r."""
-        num_patches = self.cfg.num_patches
-        total = num_patches + k
-        allowed = torch.zeros(total, total, dtype=torch.bool, device=device)
-        allowed[:, :num_patches] = True
-        allowed[num_patches:, num_patches:] = torch.ones(k, k, dtype=torch.bool, device=device).tril()
-        return allowed
 
     def _quantize(self, latents_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes_BKC, ids_BK = self.fsq(latents_BKC)

@@ -174,10 +174,19 @@ def video_reconstruction_metrics(tok: torch.nn.Module, videos_BTCHW: torch.Tenso
 
 
 def _evaluate_video_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
-    """Held-out moving shapes per frame position, and held-out shapes-32 images as 1-frame videos (the image path)."""
+    """Held-out moving shapes per frame position, and held-out shapes-32 images as 1-frame videos (the image path).
+    A tokenizer of condensed 1D clip tokens (any prefix decodes) is measured per prefix length instead of on images."""
     n, size = cfg.eval.num_items, cfg.data.image_size
     device = next(tok.parameters()).device
     clips = MovingShapesDataset(size=size, num_frames=cfg.data.num_frames, length=n, split="heldout", seed=cfg.seed).batch(range(n))
+    if tok.token_spec().prefix_decodable:
+        total = tok.token_spec().shape[0]
+        per_prefix = {}
+        for k in sorted({2**i for i in range(int(math.log2(total)) + 1)} | {total}):
+            rec, _ = _reconstruct(tok, clips["video"].to(device), batch_size=32, num_tokens=k)
+            per_prefix[f"psnr@k={k}"] = psnr(rec.flatten(0, 1), clips["video"].flatten(0, 1).float())
+        return {"moving_shapes_heldout": {**video_reconstruction_metrics(tok, clips["video"].to(device), class_ids=clips["class_id"]),
+                                          **per_prefix}}
     images = ShapesDataset(size=size, length=n, split="heldout", seed=cfg.seed).batch(range(n))
     as_frames = video_reconstruction_metrics(tok, images["image"][:, None].to(device))
     return {
