@@ -308,7 +308,7 @@ def test_demo_writes_a_gif_per_clip_judged_for_shape_colour_and_direction(tiny_v
 
 def test_absent_video_is_skipped_by_default_and_an_error_when_asked_for(tiny_video_checkpoints, tmp_path, one_torch_thread):
     none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tmp_path / "nothing", out_dir=tmp_path / "b")
-    assert none["video"] == {"samples": [], "paradigms": {},
+    assert none["video"] == {"samples": [], "paradigms": {}, "sampling": {"guidance_scale": 2.0, "temperature": 0.7},
                              "skipped": {p: f"no pipeline in {tmp_path / 'nothing' / p}" for p in VIDEO_PARADIGMS}}
     assert "next-frame: skipped, no pipeline in" in (tmp_path / "b" / "index.html").read_text()
     partial = tmp_path / "partial-video"

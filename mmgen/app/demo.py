@@ -70,7 +70,8 @@ AUDIO_FOLDER = "tones"  # clips go to tones/<paradigm>/: the audio and image par
 VIDEO_FOLDER = "video"  # and video/<paradigm>/ (next-token is an image paradigm too), with video/grid-<paradigm>.gif
 VIDEO_FPS = 8  # what `mmgen generate` writes GIFs with: 9 frames of moving shapes play for about a second
 VIDEO_GRID_ROWS = 12  # 84 prompts: 12 rows of 7 clips (times samples_per_prompt)
-SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32, tones and moving_shapes configs evaluate with
+SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32 and tones configs evaluate with
+VIDEO_SAMPLING = {"guidance_scale": 2.0, "temperature": 0.7}  # what configs/moving_shapes/next-token.yaml evaluates with
 SPECTROGRAM = {"n_fft": 1024, "hop_length": 128, "n_mels": 64}
 SPECTROGRAM_RANGE_DB = 80.0  # shown below each clip's peak; quieter is black
 
@@ -116,7 +117,7 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
                                 "checkpoints": str(checkpoints), "samples_per_prompt": samples_per_prompt,
                                 "sampling": SAMPLING, "seed": seed, "samples": [], "paradigms": {},
                                 "audio": {"samples": [], "paradigms": {}, "skipped": skipped},
-                                "video": {"samples": [], "paradigms": {}, "skipped": video_skipped}}
+                                "video": {"samples": [], "paradigms": {}, "skipped": video_skipped, "sampling": VIDEO_SAMPLING}}
     for paradigm in chosen:
         pipe = _load(getattr(pipelines, PARADIGMS[paradigm]), Path(checkpoints) / paradigm)
         manifest["paradigms"][paradigm] = _run_paradigm(pipe, paradigm, prompts, samples_per_prompt, seed, out_dir, manifest)
@@ -161,12 +162,12 @@ def _load(cls: type, folder: Path) -> Any:
     return pipe
 
 
-def _generate(pipe: Any, prompts: list[str], repeat: int, seed: int) -> tuple[Any, list[int], float]:
+def _generate(pipe: Any, prompts: list[str], repeat: int, seed: int, sampling: dict[str, float] = SAMPLING) -> tuple[Any, list[int], float]:
     """Every prompt ``repeat`` times as one batch, sample i seeded with ``seed + i``: the output, the seeds, the seconds."""
     seeds = [seed + i for i in range(len(prompts) * repeat)]
     start = time.perf_counter()
     out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type="pt",
-               generator=[torch.Generator().manual_seed(s) for s in seeds], **SAMPLING)
+               generator=[torch.Generator().manual_seed(s) for s in seeds], **sampling)
     return out, seeds, time.perf_counter() - start
 
 
@@ -233,7 +234,7 @@ def _run_video_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
                         samples: list[dict[str, Any]]) -> dict[str, Any]:
     from .training.evaluation import save_video_grid
 
-    out, seeds, seconds = _generate(pipe, prompts, repeat, seed)
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed, VIDEO_SAMPLING)
     videos = out.videos.cpu()  # [B, T, 3, H, W] in [0, 1]
     clips = videos * 2 - 1
     judged = judge_moving_shapes(clips)
