@@ -145,13 +145,14 @@ def moving_shapes_adherence(pipe: ARPipeline, *, samples_per_class: int = 5, bat
 
 
 @torch.inference_mode()
-def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, batch_size: int = 42, seed: int = 0,
-                                 **call_kwargs: Any) -> dict[str, Any]:
-    """Image-to-video: held-out clips' first frames given, the rest generated without a condition.
+def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, conditioned: bool = False, batch_size: int = 42,
+                                 seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
+    """Image-to-video: held-out clips' first frames given, the rest generated without a condition (``conditioned=True``:
+    with the clip's class as the condition too, as text + image to video).
 
     The first frame of each held-out clip, held still for the clip's length, is tokenized and its first latent
     frame given as ``prefill`` (the tokenizer is causal: that latent frame reads frame 0 alone, so it is the
-    image's own tokens); the null class (or prompt) leaves the rest to the model.
+    image's own tokens); the null class (or prompt) leaves the rest to the model unless ``conditioned``.
     Sample i has its own generator seeded ``seed + i``. ``kept``: the share of generated clips whose shape and
     colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
     direction (any). Returns the clips ``[N, T, 3, H, W]`` in [-1, 1] too.
@@ -169,8 +170,10 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
         still = clips.batch(chunk)["video"][:, :1].expand(-1, frames, -1, -1, -1)
         prefill = pipe.tokenize(still)[:, :first_frame_positions]
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
-        samples.append(pipe(num_samples_per_prompt=len(chunk), prefill=prefill, generator=generators, output_type="pt",
-                            return_dict=False, **call_kwargs)[0])
+        by_class = isinstance(pipe.conditioner, ClassConditioner)
+        asked = ({"class_labels": [labels[i] for i in chunk]} if by_class else {"prompt": [video_caption(labels[i]) for i in chunk]}
+                 ) if conditioned else {"num_samples_per_prompt": len(chunk)}
+        samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
     videos_NTCHW = torch.cat(samples) * 2 - 1
     judged = judge_moving_shapes(videos_NTCHW)
     wanted = [video_class_parts(c) for c in labels]

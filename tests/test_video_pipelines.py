@@ -129,6 +129,17 @@ def test_long_videos_chain_clips_through_their_last_frame(kind):
         generate_long_video(pipe, num_frames=0, class_labels=[7])
 
 
+def test_image_to_video_evaluation_with_and_without_the_class():
+    from pipelines import moving_shapes_image_to_video
+
+    pipe = _pipe("next-token")
+    free = moving_shapes_image_to_video(pipe, clips_per_class=1, batch_size=84)
+    asked = moving_shapes_image_to_video(pipe, clips_per_class=1, conditioned=True, batch_size=84)
+    assert free["num_samples"] == asked["num_samples"] == NUM_VIDEO_CLASSES
+    assert free["videos"].shape == (NUM_VIDEO_CLASSES, FRAMES, 3, SIZE, SIZE)
+    assert not torch.equal(free["videos"], asked["videos"])  # the class is a condition only when asked for
+
+
 def test_a_video_grid_takes_frame_token_or_image_entities_only():
     conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_VIDEO_CLASSES))
     with pytest.raises(ValueError, match="a \\(t, h, w\\) token grid \\(video\\) takes entity 'frame', 'token' or 'image'; got entity='cell'"):
