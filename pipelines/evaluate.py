@@ -56,6 +56,7 @@ __all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "moving_
 
 # What a class leaves to chance: the attributes whose spread the samples of one class should keep.
 FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
+VIDEO_CAPTIONS = tuple(video_caption(c) for c in range(NUM_VIDEO_CLASSES))
 
 
 @torch.inference_mode()
@@ -69,18 +70,23 @@ def class_samples(pipe: ARPipeline, *, captions: Sequence[str], samples_per_clas
     """
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
-    by_class = isinstance(pipe.conditioner, ClassConditioner)
-    if by_class and pipe.conditioner.config.num_classes != len(captions):
+    if isinstance(pipe.conditioner, ClassConditioner) and pipe.conditioner.config.num_classes != len(captions):
         raise ValueError(f"the conditioner has num_classes={pipe.conditioner.config.num_classes}; this set has {len(captions)} classes")
     labels = [c for c in range(len(captions)) for _ in range(samples_per_class)]
     samples, start = [], time.perf_counter()
     for first in range(0, len(labels), batch_size):
         chunk = labels[first:first + batch_size]
         generators = [torch.Generator().manual_seed(seed + first + i) for i in range(len(chunk))]
-        asked = {"class_labels": chunk} if by_class else {"prompt": [captions[c] for c in chunk]}
-        out = pipe(**asked, generator=generators, output_type="pt", return_dict=False, **call_kwargs)
+        out = pipe(**_asked(pipe, chunk, captions), generator=generators, output_type="pt", return_dict=False, **call_kwargs)
         samples.append(out[0])
     return torch.cat(samples), labels, time.perf_counter() - start
+
+
+def _asked(pipe: ARPipeline, labels: Sequence[int], captions: Sequence[str]) -> dict[str, Any]:
+    """The call's condition for classes ``labels``: their ids for a class-conditional pipeline, else their captions."""
+    if isinstance(pipe.conditioner, ClassConditioner):
+        return {"class_labels": list(labels)}
+    return {"prompt": [captions[c] for c in labels]}
 
 
 def _adherence(judged: list[tuple[Any, ...]], labels: list[int], parts: Callable[[int], tuple[Any, ...]], *,
@@ -135,8 +141,7 @@ def moving_shapes_adherence(pipe: ARPipeline, *, samples_per_class: int = 5, bat
     Returns ``adherence`` (shape, colour and direction all right), the per-part rates, per-class adherence,
     seconds per clip, and the clips ``[N, T, 3, H, W]`` in [-1, 1].
     """
-    captions = [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
-    videos, labels, seconds = class_samples(pipe, captions=captions, samples_per_class=samples_per_class,
+    videos, labels, seconds = class_samples(pipe, captions=VIDEO_CAPTIONS, samples_per_class=samples_per_class,
                                             batch_size=batch_size, seed=seed, **call_kwargs)
     videos_NTCHW = videos * 2 - 1
     result = _adherence(judge_moving_shapes(videos_NTCHW), labels, video_class_parts, num_classes=NUM_VIDEO_CLASSES,
@@ -170,9 +175,7 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
         still = clips.batch(chunk)["video"][:, :1].expand(-1, frames, -1, -1, -1)
         prefill = pipe.tokenize(still)[:, :first_frame_positions]
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
-        by_class = isinstance(pipe.conditioner, ClassConditioner)
-        asked = ({"class_labels": [labels[i] for i in chunk]} if by_class else {"prompt": [video_caption(labels[i]) for i in chunk]}
-                 ) if conditioned else {"num_samples_per_prompt": len(chunk)}
+        asked = _asked(pipe, [labels[i] for i in chunk], VIDEO_CAPTIONS) if conditioned else {"num_samples_per_prompt": len(chunk)}
         samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
     videos_NTCHW = torch.cat(samples) * 2 - 1
     judged = judge_moving_shapes(videos_NTCHW)
@@ -197,13 +200,12 @@ def moving_shapes_long_video(pipe: ARPipeline, *, samples_per_class: int = 1, le
         raise ValueError(f"length_factor must be a positive int, got {length_factor!r}")
     clip = pipe.tokenizer.num_frames_for(pipe.tokenizer.token_spec().shape[0])
     labels = [c for c in range(NUM_VIDEO_CLASSES) for _ in range(samples_per_class)]
-    by_class = isinstance(pipe.conditioner, ClassConditioner)
     videos = []
     for first in range(0, len(labels), batch_size):
         chunk = labels[first:first + batch_size]
         generators = [torch.Generator().manual_seed(seed + first + i) for i in range(len(chunk))]
-        asked = {"class_labels": chunk} if by_class else {"prompt": [video_caption(c) for c in chunk]}
-        videos.append(generate_long_video(pipe, num_frames=length_factor * clip, generator=generators, **asked, **call_kwargs))
+        videos.append(generate_long_video(pipe, num_frames=length_factor * clip, generator=generators,
+                                          **_asked(pipe, chunk, VIDEO_CAPTIONS), **call_kwargs))
     videos_NTCHW = torch.cat(videos)
     wanted = [video_class_parts(c) for c in labels]
     whole = judge_moving_shapes(videos_NTCHW)

@@ -308,21 +308,13 @@ class CondensedVideoTokenizer(NestedDropoutMixin, PretrainedModel):
             h_BLD = block(h_BLD, allowed_LL)
         return self.to_code(self.enc_norm(h_BLD[:, patches_BLD.shape[1]:]))
 
-    def _quantize(self, latents_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        codes_BKC, ids_BK = self.fsq(latents_BKC)
-        return codes_BKC, ids_BK.long()
-
     def _decode_codes(self, codes_BKC: torch.Tensor, *, keep_B: torch.Tensor | None = None) -> torch.Tensor:
         """FSQ codes of a prefix (``K <= N``) → base latents; slots ``>= K`` (or ``>= keep_B[b]``) get the empty token."""
-        batch, k, _ = codes_BKC.shape
-        n, (t, h, w) = self.max_tokens, self.latent_grid
-        registers_BND = self.empty_token.expand(batch, n, -1).clone()
-        registers_BND[:, :k] = self.from_code(codes_BKC.to(self.dtype))
-        if keep_B is not None:
-            kept_BN = torch.arange(n, device=codes_BKC.device).unsqueeze(0) < keep_B.unsqueeze(1)
-            registers_BND = torch.where(kept_BN.unsqueeze(-1), registers_BND, self.empty_token)
+        batch = codes_BKC.shape[0]
+        t, h, w = self.latent_grid
+        registers_BND = self._register_slots(self.from_code(codes_BKC.to(self.dtype)), keep_B=keep_B)
         queries_BLD = (self.queries + self._positions(self.queries)).expand(batch, -1, -1)
-        h_BLD = torch.cat([queries_BLD, registers_BND + self.dec_register_pos], dim=1)
+        h_BLD = torch.cat([queries_BLD, registers_BND], dim=1)
         for block in self.decoder:
             h_BLD = block(h_BLD)
         latents_BLC = self.to_latent(self.dec_norm(h_BLD[:, : t * h * w]))

@@ -131,10 +131,31 @@ def register_mask(num_patches: int, num_registers: int, *, device: torch.device 
 
 
 class NestedDropoutMixin:
-    """Prefix lengths of a register tokenizer whose config has ``nested_dropout`` and which has ``max_tokens``."""
+    """What register tokenizers (flex, condensed video) share: FSQ ids of the registers, nested-dropout prefix
+    lengths and the decoder's register slots. Needs ``cfg.nested_dropout``, ``max_tokens``, ``fsq``,
+    ``empty_token`` and ``dec_register_pos``."""
 
     cfg: Any
     max_tokens: int
+    fsq: nn.Module
+    empty_token: nn.Parameter
+    dec_register_pos: nn.Parameter
+
+    def _quantize(self, latents_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes_BKC, ids_BK = self.fsq(latents_BKC)
+        return codes_BKC, ids_BK.long()
+
+    def _register_slots(self, tokens_BKD: torch.Tensor, *, keep_B: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's N register slots plus their positions: a prefix's tokens, then the empty token (also from
+        ``keep_B[b]`` on, for nested dropout)."""
+        batch, k, _ = tokens_BKD.shape
+        n = self.max_tokens
+        registers_BND = self.empty_token.expand(batch, n, -1).clone()
+        registers_BND[:, :k] = tokens_BKD
+        if keep_B is not None:
+            kept_BN = torch.arange(n, device=tokens_BKD.device).unsqueeze(0) < keep_B.unsqueeze(1)
+            registers_BND = torch.where(kept_BN.unsqueeze(-1), registers_BND, self.empty_token)
+        return registers_BND + self.dec_register_pos
 
     def sample_keep_lengths(self, batch_size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
         """Nested dropout: kept prefix lengths ``[B]`` drawn from the configured distribution (global RNG)."""
@@ -280,21 +301,12 @@ class FlexImageTokenizer(NestedDropoutMixin, PretrainedModel):
             h_BLD = block(h_BLD, allowed_LL)
         return self.to_code(self.enc_norm(h_BLD[:, num_patches:]))
 
-    def _quantize(self, latents_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        codes_BKC, ids_BK = self.fsq(latents_BKC)
-        return codes_BKC, ids_BK.long()
-
     def _decode_codes(self, codes_BKC: torch.Tensor, *, keep_B: torch.Tensor | None = None) -> torch.Tensor:
         """FSQ codes of a prefix (``K <= N``) → images; slots ``>= K`` (or ``>= keep_B[b]``) get the empty token."""
-        batch, k, _ = codes_BKC.shape
-        n, g, p = self.max_tokens, self.cfg.grid_size, self.cfg.patch_size
-        tokens_BKD = self.from_code(codes_BKC)
-        registers_BND = self.empty_token.expand(batch, n, -1).clone()
-        registers_BND[:, :k] = tokens_BKD
-        if keep_B is not None:
-            kept_BN = torch.arange(n, device=codes_BKC.device).unsqueeze(0) < keep_B.unsqueeze(1)
-            registers_BND = torch.where(kept_BN.unsqueeze(-1), registers_BND, self.empty_token)
-        h_BLD = torch.cat([self.patch_queries.expand(batch, -1, -1), registers_BND + self.dec_register_pos], dim=1)
+        batch = codes_BKC.shape[0]
+        g, p = self.cfg.grid_size, self.cfg.patch_size
+        registers_BND = self._register_slots(self.from_code(codes_BKC), keep_B=keep_B)
+        h_BLD = torch.cat([self.patch_queries.expand(batch, -1, -1), registers_BND], dim=1)
         for block in self.decoder:
             h_BLD = block(h_BLD)
         pixels = self.to_pixels(self.dec_norm(h_BLD[:, : self.cfg.num_patches]))

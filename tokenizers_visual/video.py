@@ -36,7 +36,7 @@ from .causal3d import CausalConv3d, CausalResBlock3d, TimeDownsample, TimeUpsamp
 from .checks import MAX_ABS_PIXEL, check_ids_in_range
 from .conv import ConvDecoder, ConvEncoder
 from .kl import LOGVAR_RANGE, gaussian_kl
-from .vq import REC_LOSSES, reconstruction_loss
+from .vq import REC_LOSSES, _psnr, _require_positive_int, reconstruction_loss
 
 __all__ = ["CausalVideoConfig", "CausalVideoTokenizer", "BOTTLENECKS", "PADDINGS", "check_videos", "frame_psnr"]
 
@@ -44,11 +44,6 @@ BOTTLENECKS = ("fsq", "kl")
 PADDINGS = ("zeros", "circular")  # circular: frames are tori, for content that wraps around the borders
 SPATIAL_FACTORS = (4, 8, 16)
 _CHANNEL_MULT = {2: [1, 2], 4: [1, 1, 2], 8: [1, 2, 2, 4], 16: [1, 1, 2, 2, 4]}  # per factor left for the conv stack
-
-
-def _require_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass
@@ -243,14 +238,16 @@ class CausalVideoTokenizer(PretrainedModel):
         return positions.permute(0, 4, 1, 2, 3) if self.is_continuous else positions
 
     # ---- encode / decode -----------------------------------------------------------------------
-    def _features(self, videos: object) -> torch.Tensor:
-        """Pre-bottleneck latents ``[B, code_dim (×2 for kl), t, h, w]``."""
-        x_BTCHW = check_videos(videos, image_size=self.cfg.image_size, temporal=self.cfg.temporal_downsample)
+    def _checked(self, videos: object) -> torch.Tensor:
+        return check_videos(videos, image_size=self.cfg.image_size, temporal=self.cfg.temporal_downsample)
+
+    def _features(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
+        """Pre-bottleneck latents ``[B, code_dim (×2 for kl), t, h, w]`` of checked clips (:meth:`_checked`)."""
         x_BCTHW = F.pixel_unshuffle(x_BTCHW.flatten(0, 1), self.cfg.space_to_depth).unflatten(0, x_BTCHW.shape[:2]).transpose(1, 2)
         return self.to_latent(self.time_encoder(per_frame(self.frame_encoder, x_BCTHW)))
 
-    def _posterior(self, videos: object) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self._features(videos).chunk(2, dim=1)
+    def _posterior(self, x_BTCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self._features(x_BTCHW).chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
     def _quantize(self, z_BCthw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,9 +257,10 @@ class CausalVideoTokenizer(PretrainedModel):
     def encode(self, videos: object) -> torch.Tensor:
         """Clips (or images) → ids ``[B, t, h, w]`` (fsq) or the posterior mean ``[B, latent_dim, t, h, w]`` (kl)."""
         with torch.no_grad():
+            x_BTCHW = self._checked(videos)
             if self.is_continuous:
-                return self._posterior(videos)[0]
-            return self._quantize(self._features(videos))[1]
+                return self._posterior(x_BTCHW)[0]
+            return self._quantize(self._features(x_BTCHW))[1]
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The latent codes ``[B, C, t, h, w]`` the decoder takes, from ids or latents, or a clear error."""
@@ -292,14 +290,14 @@ class CausalVideoTokenizer(PretrainedModel):
     # ---- training ------------------------------------------------------------------------------
     def loss(self, videos: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-pixel reconstruction (+ ``kl_weight``·KL for kl) and logs: PSNR of the first frame and of the rest."""
+        target = self._checked(videos)
         if self.is_continuous:
-            mean, logvar = self._posterior(videos)
+            mean, logvar = self._posterior(target)
             codes = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if self.training else mean
             extra = gaussian_kl(mean, logvar)
         else:
-            codes, ids = self._quantize(self._features(videos))
+            codes, ids = self._quantize(self._features(target))
             extra = torch.zeros(())
-        target = check_videos(videos, image_size=self.cfg.image_size, temporal=self.cfg.temporal_downsample)
         recon = self._decode_codes(codes)
         rec = reconstruction_loss(recon, target, self.cfg.rec_loss)
         logs = {"rec": rec.item(), **frame_psnr(recon.detach().clamp(-1, 1), target)}
@@ -312,10 +310,7 @@ class CausalVideoTokenizer(PretrainedModel):
 
 def frame_psnr(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> dict[str, float]:
     """PSNR (dB, peak-to-peak 2) of the first frame (``psnr_first``) and of the later frames (``psnr_rest``)."""
-    def db(a: torch.Tensor, b: torch.Tensor) -> float:
-        mse = float((a - b).pow(2).mean())
-        return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
-    logs = {"psnr_first": db(recon_BTCHW[:, 0], target_BTCHW[:, 0])}
+    logs = {"psnr_first": _psnr(recon_BTCHW[:, 0], target_BTCHW[:, 0])}
     if recon_BTCHW.shape[1] > 1:
-        logs["psnr_rest"] = db(recon_BTCHW[:, 1:], target_BTCHW[:, 1:])
+        logs["psnr_rest"] = _psnr(recon_BTCHW[:, 1:], target_BTCHW[:, 1:])
     return logs
