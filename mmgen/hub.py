@@ -72,6 +72,7 @@ class PretrainedModel(ModelMixin, ConfigMixin):
 
     config_name = CONFIG_NAME
     config_class: ClassVar[type]
+    has_weights: ClassVar[bool] = True  # False for a model that is all config (the octree tokenizer): its folder has no weights file
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,6 +116,8 @@ class PretrainedModel(ModelMixin, ConfigMixin):
                                        **pop_hub_kwargs(kwargs))
         folder = root / subfolder if subfolder else root
         _check_local_checkpoint(cls, folder, allow_pickle=allow_pickle)
+        if not cls.has_weights:
+            return cls.from_config(cls.load_config(str(folder)))
         kwargs.setdefault("use_safetensors", not allow_pickle)
         try:
             model = super().from_pretrained(str(root), **kwargs)
@@ -286,6 +289,8 @@ def _check_local_checkpoint(cls: type[PretrainedModel], folder: Path, *, allow_p
     if saved_class != cls.__name__:
         raise ValueError(f"{folder} holds a {saved_class} checkpoint, not a {cls.__name__}")
     config = config_from_dict(cls.config_class, values, source=str(config_file))
+    if not cls.has_weights:
+        return
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = [name for name in PICKLE_WEIGHT_NAMES if (folder / name).is_file()]

@@ -18,6 +18,7 @@ empty id after each draw, exactly the tokens training saw there.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -30,6 +31,7 @@ from .heads import Head
 from .patterns import Raster
 from .protocol import ScaleContext
 from .sampling import SamplingConfig
+from .tokens import TokenLayout
 
 __all__ = [
     "InputRule",
@@ -37,6 +39,8 @@ __all__ = [
     "ResampledPreviousInputs",
     "ScaleContextInputs",
     "PatternProgram",
+    "DrawnOrder",
+    "TeacherForcing",
     "stop_at_id",
     "continue_tokens",
 ]
@@ -127,6 +131,48 @@ def stop_at_id(end_id: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @dataclass
+class TeacherForcing:
+    """One training forward's pieces: slot inputs ``[B, L, dim]``, the body's layout, the targets and their mask.
+
+    ``mask``: bool ``[B, L]`` or, for ids, ``[B, L, D]`` entries that count in the loss; None when all do.
+    """
+
+    inputs_BLD: torch.Tensor
+    layout: TokenLayout
+    targets: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+class DrawnOrder(ABC):
+    """A sequence order whose later groups follow from what was drawn (octrees), so no fixed pattern lists them.
+
+    Like a pattern it maps native tokens to sequences and gives the GPT's coordinate rank through
+    :meth:`layout`; instead of group sizes it builds its own :class:`Program` (with ``teacher``) for a GPT.
+    """
+
+    @property
+    @abstractmethod
+    def num_positions(self) -> int:
+        """The most positions a sample can take (the decoder's capacity)."""
+
+    @abstractmethod
+    def layout(self, *, content: Any = None) -> TokenLayout: ...
+
+    @abstractmethod
+    def to_sequence(self, native: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def from_sequence(self, seq: torch.Tensor) -> Any: ...
+
+    @abstractmethod
+    def program(self, *, gpt: GPT) -> Any: ...
+
+    @abstractmethod
+    def lengths(self, seq: torch.Tensor) -> torch.Tensor:
+        """Positions each sequence ``[N, L]`` of data uses ``[N]`` (the rest is padding)."""
+
+
+@dataclass
 class _PatternState:
     group: int
     memory: Any
@@ -203,6 +249,14 @@ class PatternProgram:
         if seq.shape[1] != self.num_positions:
             raise ValueError(f"tokens must hold {self.num_positions} positions per sample (the pattern's L), got {seq.shape[1]}")
         return list(seq.split(self.sizes, dim=1))
+
+    def teacher(self, seq: torch.Tensor, *, generator: torch.Generator | None = None) -> TeacherForcing:
+        """Training: inputs from the true sequence, the pattern's layout, and the entries a codebook pattern leaves out."""
+        inputs = self.teacher_inputs(seq, generator=generator)
+        entry_valid = getattr(self.pattern, "entry_valid", None)
+        mask = None if entry_valid is None else entry_valid.to(seq.device).unsqueeze(0).expand(seq.shape[0], -1, -1)
+        targets = seq if mask is None else torch.where(mask, seq, torch.zeros_like(seq))  # left-out entries: any valid id
+        return TeacherForcing(inputs_BLD=inputs, layout=self.pattern.layout(), targets=targets, mask=mask)
 
     def teacher_inputs(self, seq: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training: the inputs ``[B, L, dim]`` of every slot, from the true sequence."""

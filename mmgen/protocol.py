@@ -35,12 +35,16 @@ class TokenSpec:
     grid, coarse to fine (VAR, SNAC), empty for a single grid. ``content``: ids over D codebooks
     (positions hold ``[D]`` ids when D > 1) or a continuous vector. ``prefix_decodable``: any prefix
     of a 1D sequence decodes on its own (FlexTok, TiTok), so a generator may stop early.
+    ``octree_depth`` > 0: the tokens are the breadth-first nodes of an octree of that many levels
+    (:mod:`mmgen.octree`), one 8-bit id each, so a sample's length and later positions follow from its
+    ids; ``shape`` is then ``(capacity,)``, the most nodes a tree can have.
     """
 
     content: TokenContent
     shape: tuple[int, ...] = ()
     scales: tuple[tuple[int, ...], ...] = ()
     prefix_decodable: bool = False
+    octree_depth: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.content, (DiscreteContent, ContinuousContent)):
@@ -52,6 +56,13 @@ class TokenSpec:
                 raise ValueError(f"token grid sizes must be positive ints, got shape={self.shape}, scales={self.scales}")
         if self.prefix_decodable and len(self.shape) != 1:
             raise ValueError("prefix_decodable needs a 1D sequence (shape of one axis)")
+        if isinstance(self.octree_depth, bool) or not isinstance(self.octree_depth, int) or self.octree_depth < 0:
+            raise ValueError(f"octree_depth must be an int >= 0, got {self.octree_depth!r}")
+        if self.octree_depth:
+            capacity = sum(8**level for level in range(self.octree_depth))
+            if self.shape != (capacity,) or self.content != DiscreteContent((256,)):
+                raise ValueError(f"an octree of depth {self.octree_depth} has shape ({capacity},) (its capacity) and "
+                                 f"256 ids (8-bit child masks), got shape={self.shape}, content={self.content}")
 
     @property
     def is_pyramid(self) -> bool:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         moving_shapes_adherence,
         moving_shapes_image_to_video,
         moving_shapes_long_video,
+        primitives_adherence,
         shapes_adherence,
         tones_adherence,
         tones_continuation,
@@ -24,20 +25,20 @@ if TYPE_CHECKING:
     from .next_scale import NextScalePipeline
     from .next_token import NextTokenPipeline
     from .next_x import NextXPipeline
-    from .outputs import ARAudioPipelineOutput, ARImagePipelineOutput, ARVideoPipelineOutput
+    from .outputs import ARAudioPipelineOutput, ARImagePipelineOutput, ARShapePipelineOutput, ARVideoPipelineOutput
 
 __getattr__, __dir__ = attach(__name__, {
     "base": ("ARPipeline",),
     "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence",
-                 "moving_shapes_image_to_video", "moving_shapes_long_video"),
+                 "moving_shapes_image_to_video", "moving_shapes_long_video", "primitives_adherence"),
     "long_video": ("generate_long_video",),
     "next_scale": ("NextScalePipeline",),
     "next_token": ("NextTokenPipeline",),
     "next_x": ("NextXPipeline",),
-    "outputs": ("ARAudioPipelineOutput", "ARImagePipelineOutput", "ARVideoPipelineOutput"),
+    "outputs": ("ARAudioPipelineOutput", "ARImagePipelineOutput", "ARShapePipelineOutput", "ARVideoPipelineOutput"),
 })
 
-__all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "NextTokenPipeline",
-           "NextScalePipeline", "NextXPipeline", "generation_quality", "shapes_adherence", "tones_adherence",
-           "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video", "moving_shapes_long_video",
-           "generate_long_video"]
+__all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "ARShapePipelineOutput",
+           "NextTokenPipeline", "NextScalePipeline", "NextXPipeline", "generation_quality", "shapes_adherence",
+           "tones_adherence", "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video",
+           "moving_shapes_long_video", "primitives_adherence", "generate_long_video"]

@@ -32,7 +32,7 @@ from mmgen.generation import draw_seeds, generate, teacher_hidden
 from mmgen.gpt import GPT, GPTConfig
 from mmgen.heads import CategoricalHead, DepthHead, Head
 from mmgen.hub import SHIM_MODULE, SHIM_SOURCE, config_from_dict, resolve_pipeline_path
-from mmgen.programs import PatternProgram
+from mmgen.programs import DrawnOrder, PatternProgram
 from mmgen.protocol import check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
 from mmgen.tokens import ContinuousContent, TokenContent
@@ -153,8 +153,12 @@ class ARPipeline(DiffusionPipeline):
         """The :mod:`mmgen.programs` input rule of groups 1..K−1."""
         raise NotImplementedError
 
-    def program(self, **options: Any) -> PatternProgram:
-        return PatternProgram(gpt=self.gpt, pattern=self.pattern(**options), rule=self.input_rule())
+    def program(self, **options: Any) -> Any:
+        """The engine :class:`~mmgen.generation.Program` of one call: the pattern's groups, or a drawn order's own program."""
+        pattern = self.pattern(**options)
+        if isinstance(pattern, DrawnOrder):
+            return pattern.program(gpt=self.gpt)
+        return PatternProgram(gpt=self.gpt, pattern=pattern, rule=self.input_rule())
 
     def to_sequence(self, positions: Any) -> torch.Tensor:
         return self.pattern().to_sequence(positions)
@@ -185,6 +189,11 @@ class ARPipeline(DiffusionPipeline):
         """Data (images ``[B, 3, H, W]`` in [-1, 1], …) → the sequence the GPT learns, in the head's space."""
         positions = self.tokenizer.to_positions(self.tokenizer.encode(x))
         return self.to_sequence(_each(positions, self.head.normalize_tokens))
+
+    def sequence_lengths(self, seq: torch.Tensor) -> torch.Tensor | None:
+        """Each training sequence's own length ``[N]`` where they differ (a drawn order's), else None (all are whole)."""
+        pattern = self.pattern()
+        return pattern.lengths(seq) if isinstance(pattern, DrawnOrder) else None
 
     def decode_sequence(self, seq: torch.Tensor, **options: Any) -> torch.Tensor:
         """A generated sequence → the tokenizer's native tokens (what ``tokenizer.decode`` takes)."""
@@ -218,15 +227,13 @@ class ARPipeline(DiffusionPipeline):
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise TypeError(f"tokens must be a [B, L, ...] sequence from tokenize(), got {got}")
         program = self.program()
-        inputs_BLD = program.teacher_inputs(tokens, generator=generator)
+        teacher = program.teacher(tokens, generator=generator)
         cond = self.conditioner.training_condition(class_labels=class_labels, prompt=prompt, batch_size=tokens.shape[0],
                                                    cond_drop_prob=cond_drop_prob, generator=generator)
         if cond_drop_prob > 0 and not self.config.get("null_condition_trained", False):
             self.register_to_config(null_condition_trained=True)
-        hidden = teacher_hidden(self.gpt, cond, inputs_BLD, program.pattern.layout())
-        mask = _loss_mask(program.pattern, tokens)
-        targets = tokens if mask is None else torch.where(mask, tokens, torch.zeros_like(tokens))  # left-out entries: any valid id
-        return self.head.loss(hidden, targets, mask=mask, generator=generator)
+        hidden = teacher_hidden(self.gpt, cond, teacher.inputs_BLD, teacher.layout)
+        return self.head.loss(hidden, teacher.targets, mask=teacher.mask, generator=generator)
 
     # ---- generation --------------------------------------------------------------------------------
     def _run(
@@ -352,14 +359,6 @@ def _check_ids(content: TokenContent, tokens: torch.Tensor, *, name: str) -> Non
     """Known tokens given to a call (prefill, a callback's replacement) must be valid ids where the sequence holds ids."""
     if not isinstance(content, ContinuousContent):
         content.check_ids(tokens, name=name)
-
-
-def _loss_mask(pattern: Any, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Entries left out of the loss: those a codebook pattern leaves empty (its ``entry_valid``); None when all count."""
-    entry_valid = getattr(pattern, "entry_valid", None)
-    if entry_valid is None:
-        return None
-    return entry_valid.to(tokens.device).unsqueeze(0).expand(tokens.shape[0], -1, -1)
 
 
 def _each(positions: torch.Tensor | list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -5,7 +5,9 @@ coordinates on the finest grid: 1D for audio pyramids, 2D for images). The slots
 GPT's start embedding; the slots of scale k > 0 hold what the tokenizer computes from scales < k
 (its :class:`mmgen.protocol.ScaleContext`; VAR: the running reconstruction area-resampled to scale k),
 projected by ``gpt.embed_inputs``. Generation takes one GPT forward per scale and training one forward
-over the whole pyramid.
+over the whole pyramid. An octree tokenizer's levels are its scales (:class:`mmgen.octree.OctreeOrder`,
+``by="level"``): every node of a level in one step, the nodes being the children of the occupied cells
+drawn at the level before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
 from mmgen.heads import Head
+from mmgen.octree import OctreeOrder
 from mmgen.patterns import Scales
 from mmgen.programs import ScaleContextInputs
 from mmgen.protocol import check_tokenizer, has_scale_context
@@ -43,6 +46,9 @@ class NextScalePipeline(ARPipeline):
     @classmethod
     def plan(cls, tokenizer: Any) -> SequencePlan:
         spec = check_tokenizer(tokenizer)
+        if spec.octree_depth:  # the levels of an octree are its scales; a level's nodes follow from the one before
+            order = OctreeOrder(spec.octree_depth, by="level")
+            return SequencePlan(order, spec.content, input_content=order.input_content)
         if not spec.is_pyramid or not has_scale_context(tokenizer):
             raise TypeError(f"NextScalePipeline needs a multi-scale tokenizer with a ScaleContext (a token pyramid and "
                             f"next-scale inputs); {type(tokenizer).__name__} lacks them")

@@ -1,7 +1,8 @@
 """LlamaGen-style next-token generation: one position per step, in raster order over any token grid.
 
 The tokens are the tokenizer's grid (``(h, w)`` image ids, a 1D sequence, ``(T,)`` audio frames…)
-in raster order, with the grid index as RoPE coordinates. Slot j holds the embedding of token j − 1
+in raster order, with the grid index as RoPE coordinates; an octree tokenizer's nodes go one per step
+in breadth-first order (:class:`mmgen.octree.OctreeOrder`, ``by="token"``). Slot j holds the embedding of token j − 1
 (slot 0 the start embedding) and predicts token j. A tokenizer whose 1D sequence decodes from any
 prefix (FlexTok) lets ``num_tokens=k`` stop after k tokens. Positions holding several codebooks (RVQ
 audio) are ordered by ``codebook_pattern``: ``"delay"`` (MusicGen, one step per frame with codebook
@@ -19,6 +20,7 @@ import torch
 from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
 from mmgen.heads import Head
+from mmgen.octree import OctreeOrder
 from mmgen.patterns import DelayCodebooks, FlattenCodebooks, Raster
 from mmgen.programs import PreviousGroupInputs
 from mmgen.protocol import TokenSpec, check_tokenizer
@@ -54,6 +56,11 @@ class NextTokenPipeline(ARPipeline):
         spec = check_tokenizer(tokenizer)
         if spec.is_pyramid:
             raise ValueError("NextTokenPipeline needs a tokenizer with one token grid; a multi-scale pyramid goes to NextScalePipeline")
+        if spec.octree_depth:
+            if num_tokens is not None:
+                raise ValueError("num_tokens is for prefix-decodable 1D tokenizers; an octree ends where its tree does")
+            order = OctreeOrder(spec.octree_depth, by="token")
+            return SequencePlan(order, spec.content, input_content=order.input_content)
         shape = spec.shape if num_tokens is None else (_check_num_tokens(spec, num_tokens),)
         content = spec.content
         if not isinstance(content, DiscreteContent) or content.num_codebooks == 1:

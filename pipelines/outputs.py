@@ -2,8 +2,8 @@
 
 Every output has ``tokens`` (what the tokenizer decodes) next to the decoded samples; with
 ``output_type="tokens"`` the decoder is not run and the samples are None. ``output_type=None`` is the
-modality's default ("pil" for images and video frames, "np" for audio). Adding a modality adds its output class and
-converter here; the pipelines stay as they are.
+modality's default ("pil" for images and video frames, "np" for audio, "mesh" for shapes). Adding a modality adds
+its output class and converter here; the pipelines stay as they are.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "OUTPUT_TYPES",
-           "check_output_type", "make_output", "to_output_images", "to_output_audios", "to_output_videos"]
+from mmgen.meshes import occupancy_to_mesh, sample_surface_points
 
-OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+__all__ = ["ARPipelineOutput", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput",
+           "ARShapePipelineOutput", "OUTPUT_TYPES", "POINTS_PER_SHAPE", "check_output_type", "make_output",
+           "to_output_images", "to_output_audios", "to_output_videos", "to_output_shapes"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "mesh", "points", "voxels")
+POINTS_PER_SHAPE = 2048  # surface points per shape for output_type="points"
+POINTS_SEED = 0  # the same occupancy always gives the same points
 
 
 @dataclass
@@ -63,6 +68,17 @@ class ARVideoPipelineOutput(BaseOutput):
     tokens: Any
 
 
+@dataclass
+class ARShapePipelineOutput(BaseOutput):
+    """``shapes``: per shape a closed ``trimesh.Trimesh`` ("mesh"), float32 surface points ``[2048, 3]`` ("points")
+    or a bool occupancy array ``[B, R, R, R]`` ("voxels"), in [-1, 1] coordinates (x, y, z), z up; None for "tokens".
+    An empty shape is an empty Trimesh and ``[0, 3]`` points. ``tokens``: what the tokenizer decodes, one row per shape.
+    """
+
+    shapes: list[Any] | np.ndarray | None
+    tokens: Any
+
+
 def to_output_images(images_BCHW: torch.Tensor | None, output_type: str, tokenizer: Any = None) -> dict[str, Any]:
     """Images in [-1, 1] → ``output_type``: "pt" ``[B, 3, H, W]``, "np" ``[B, H, W, 3]`` (both in [0, 1]) or "pil"."""
     if images_BCHW is None:
@@ -95,6 +111,23 @@ def to_output_videos(videos_BTCHW: torch.Tensor | None, output_type: str, tokeni
     return {"videos": frames.reshape(B, T, *frames.shape[1:])}
 
 
+def to_output_shapes(occupancy_BRRR: torch.Tensor | None, output_type: str, tokenizer: Any = None) -> dict[str, Any]:
+    """Occupancy grids ``[B, R, R, R]`` in [0, 1] → ``output_type``: "voxels" (occupancy > 0.5), or per shape the
+    marching-cubes mesh (:func:`mmgen.meshes.occupancy_to_mesh`) or points drawn on its surface with a fixed seed."""
+    if occupancy_BRRR is None:
+        return {"shapes": None}
+    if occupancy_BRRR.ndim != 4 or len(set(occupancy_BRRR.shape[1:])) != 1:
+        raise ValueError(f"decoded shapes must be occupancy grids [B, R, R, R], "
+                         f"got shape {tuple(occupancy_BRRR.shape)}")
+    grids = occupancy_BRRR.detach().float().cpu().numpy()
+    if output_type == "voxels":
+        return {"shapes": grids > 0.5}
+    meshes = [occupancy_to_mesh(grid) for grid in grids]
+    if output_type == "mesh":
+        return {"shapes": meshes}
+    return {"shapes": [sample_surface_points(mesh, count=POINTS_PER_SHAPE, seed=POINTS_SEED) for mesh in meshes]}
+
+
 @dataclass(frozen=True)
 class _Output:
     """How one modality's decoded samples become its pipeline output."""
@@ -110,14 +143,16 @@ _OUTPUTS: dict[str, _Output] = {
     "image": _Output(ARImagePipelineOutput, to_output_images, "images", ("pil", "np", "pt", "tokens"), "pil"),
     "audio": _Output(ARAudioPipelineOutput, to_output_audios, "audios", ("np", "pt", "tokens"), "np"),
     "video": _Output(ARVideoPipelineOutput, to_output_videos, "videos", ("pil", "np", "pt", "tokens"), "pil"),
+    "shape": _Output(ARShapePipelineOutput, to_output_shapes, "shapes", ("mesh", "points", "voxels", "tokens"), "mesh"),
 }
 
 
 def check_output_type(modality: str, output_type: str | None) -> str:
     """The ``output_type`` to use (None: the modality's default); refuses one the modality has no converter for,
     before anything is generated."""
-    if output_type is not None and output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES} (or None for the default), got {output_type!r}")
+    if output_type is not None and output_type not in OUTPUT_TYPES:  # named with the types this modality has
+        known = _OUTPUTS[modality].output_types if modality in _OUTPUTS else OUTPUT_TYPES
+        raise ValueError(f"output_type must be one of {known} (or None for the default), got {output_type!r}")
     if modality not in _OUTPUTS:
         if output_type not in (None, "tokens"):
             raise ValueError(f"output_type={output_type!r}: no pipeline output is defined for modality {modality!r} "

@@ -115,7 +115,8 @@ def teacher_forced_hidden(pipe: Any, seq: torch.Tensor, **condition: Any) -> tor
     """Hidden states ``[B, L, dim]`` of one uncached forward over ``[prefix | inputs of seq]`` (training's forward)."""
     program = pipe.program()
     cond = pipe.conditioner.training_condition(batch_size=seq.shape[0], cond_drop_prob=0.0, **condition)
-    return teacher_hidden(pipe.gpt, cond, program.teacher_inputs(seq), program.pattern.layout())
+    teacher = program.teacher(seq)
+    return teacher_hidden(pipe.gpt, cond, teacher.inputs_BLD, teacher.layout)
 
 
 def count_gpt_forwards(pipe: Any) -> list[int]:

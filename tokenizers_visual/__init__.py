@@ -2,7 +2,8 @@
 
 Every tokenizer is a :class:`mmgen.hub.PretrainedModel` with ``encode``, ``decode``, ``layout`` and
 the training objective ``loss(images) -> (loss, logs)``; images are ``[B, 3, H, W]`` in [-1, 1], videos
-``[B, T, 3, H, W]`` (:mod:`.video`, causal in time, so an image is a 1-frame video).
+``[B, T, 3, H, W]`` (:mod:`.video`, causal in time, so an image is a 1-frame video); 3D shapes are
+occupancy grids ``[B, R, R, R]`` (their ``loss`` takes grids).
 Each name imports its module on first use (:mod:`mmgen.lazy`): ``import tokenizers_visual`` is cheap.
 """
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from .flex import FlexImageTokenizer, FlexImageTokenizerConfig
     from .kl import KLConfig, KLImageTokenizer
     from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
+    from .octree import OctreeConfig, OctreeTokenizer
+    from .variational_shape import VariationalShapeConfig, VariationalShapeTokenizer
     from .video import CausalVideoConfig, CausalVideoTokenizer
     from .vq import VQConfig, VQImageTokenizer
 
@@ -25,6 +28,8 @@ __getattr__, __dir__ = attach(__name__, {
     "flex": ("FlexImageTokenizer", "FlexImageTokenizerConfig"),
     "kl": ("KLConfig", "KLImageTokenizer"),
     "multiscale_vq": ("MultiScaleVQConfig", "MultiScaleVQTokenizer"),
+    "octree": ("OctreeConfig", "OctreeTokenizer"),
+    "variational_shape": ("VariationalShapeConfig", "VariationalShapeTokenizer"),
     "video": ("CausalVideoConfig", "CausalVideoTokenizer"),
     "vq": ("VQConfig", "VQImageTokenizer"),
 })
@@ -40,6 +45,10 @@ __all__ = [
     "KLImageTokenizer",
     "MultiScaleVQConfig",
     "MultiScaleVQTokenizer",
+    "OctreeConfig",
+    "OctreeTokenizer",
     "VQConfig",
     "VQImageTokenizer",
+    "VariationalShapeConfig",
+    "VariationalShapeTokenizer",
 ]
