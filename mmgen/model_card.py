@@ -18,10 +18,12 @@ import yaml
 
 from .files import write_text_atomically
 
-__all__ = ["CARD_NAME", "PACKAGE_LICENSE", "loading_code", "render_model_card", "set_model_card_section", "write_model_card"]
+__all__ = ["CARD_NAME", "PACKAGE_LICENSE", "TASK_TAGS", "loading_code", "render_model_card", "set_model_card_section", "write_model_card"]
 
 CARD_NAME = "README.md"
-BASE_TAGS = ("mmgen", "autoregressive", "image-generation")
+BASE_TAGS = ("mmgen", "autoregressive")
+# the hub's task tag of a generator by what it makes (a tokenizer gets "<modality>-tokenizer")
+TASK_TAGS = {"image": "image-generation", "audio": "text-to-audio", "video": "text-to-video", "shape": "text-to-3d"}
 BULKY_CONFIG_KEYS = ("tokenizer_json",)  # a TextEncoderConditioner's whole tokenizer: config.json keeps it, the card names it
 HUB_LICENSE_IDS = {"apache-2.0": "apache-2.0", "apache 2.0": "apache-2.0", "apache license 2.0": "apache-2.0"}
 

@@ -2,7 +2,8 @@
 well its samples cover the data (:func:`generation_quality`).
 
 Shapes (images) are judged on pixels by :func:`mmgen.metrics.judge_shapes`, tones (audio) on the spectrum
-and pitch track by :func:`mmgen.metrics.judge_tones`. Both share one generation loop: every class asked
+and pitch track by :func:`mmgen.metrics.judge_tones`, moving shapes frame by frame, 3D primitives on the
+decoded occupancy by :func:`mmgen.metrics.judge_primitives`. Both share one generation loop: every class asked
 ``samples_per_class`` times, by class id or by caption, each sample with its own seed.
 
 Adherence alone rewards a model that draws one perfect sample per prompt, so :func:`generation_quality`
@@ -23,13 +24,16 @@ import torch
 from mmgen.conditioning import ClassConditioner
 from mmgen.data import (
     NUM_CLASSES,
+    NUM_SHAPE3D_CLASSES,
     NUM_TONE_CLASSES,
+    PRIMITIVES,
     NUM_VIDEO_CLASSES,
     MovingShapesDataset,
     ShapesDataset,
     TonesDataset,
     caption,
     class_parts,
+    shape3d_caption,
     tone_caption,
     tone_class_parts,
     video_caption,
@@ -40,6 +44,7 @@ from mmgen.metrics import (
     TONE_ATTRIBUTES,
     feature_frechet_distance,
     judge_moving_shapes,
+    judge_primitives,
     judge_shapes,
     judge_tones,
     manifold_metrics,
@@ -52,7 +57,7 @@ from .base import ARPipeline
 from .long_video import generate_long_video
 
 __all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video",
-           "moving_shapes_long_video", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
+           "moving_shapes_long_video", "primitives_adherence", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
 
 # What a class leaves to chance: the attributes whose spread the samples of one class should keep.
 FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
@@ -61,8 +66,8 @@ VIDEO_CAPTIONS = tuple(video_caption(c) for c in range(NUM_VIDEO_CLASSES))
 
 @torch.inference_mode()
 def class_samples(pipe: ARPipeline, *, captions: Sequence[str], samples_per_class: int, batch_size: int, seed: int,
-                  **call_kwargs: Any) -> tuple[torch.Tensor, list[int], float]:
-    """``samples_per_class`` samples of every class (``output_type="pt"``): ``(samples, labels, seconds)``.
+                  output_type: str = "pt", **call_kwargs: Any) -> tuple[torch.Tensor, list[int], float]:
+    """``samples_per_class`` samples of every class (``output_type``, "pt" or shapes' "voxels"): ``(samples, labels, seconds)``.
 
     A class-conditional pipeline is asked by class id, a text-conditional one by the class's caption.
     Sample i of class c uses its own generator seeded ``seed + c * samples_per_class + i``, so the samples
@@ -77,8 +82,8 @@ def class_samples(pipe: ARPipeline, *, captions: Sequence[str], samples_per_clas
     for first in range(0, len(labels), batch_size):
         chunk = labels[first:first + batch_size]
         generators = [torch.Generator().manual_seed(seed + first + i) for i in range(len(chunk))]
-        out = pipe(**_asked(pipe, chunk, captions), generator=generators, output_type="pt", return_dict=False, **call_kwargs)
-        samples.append(out[0])
+        out = pipe(**_asked(pipe, chunk, captions), generator=generators, output_type=output_type, return_dict=False, **call_kwargs)
+        samples.append(torch.as_tensor(out[0]))
     return torch.cat(samples), labels, time.perf_counter() - start
 
 
@@ -217,6 +222,25 @@ def moving_shapes_long_video(pipe: ARPipeline, *, samples_per_class: int = 1, le
 
 
 @torch.inference_mode()
+def primitives_adherence(pipe: ARPipeline, *, samples_per_class: int = 20, batch_size: int = 20, seed: int = 0,
+                         **call_kwargs: Any) -> dict[str, Any]:
+    """Generate ``samples_per_class`` shapes for each of the 3D primitives classes and judge their occupancy.
+
+    Returns ``adherence``, per-class adherence, ``watertight`` (the share of exported meshes that are closed;
+    every primitive is a closed solid), seconds per shape, and the occupancy grids ``[N, R, R, R]`` (bool).
+    """
+    from mmgen.meshes import occupancy_to_mesh
+
+    captions = [shape3d_caption(c) for c in range(NUM_SHAPE3D_CLASSES)]
+    voxels, labels, seconds = class_samples(pipe, captions=captions, samples_per_class=samples_per_class, batch_size=batch_size,
+                                            seed=seed, output_type="voxels", **call_kwargs)
+    judged = [(name,) for name in judge_primitives(voxels.float())]
+    result = _adherence(judged, labels, lambda c: (PRIMITIVES[c],), num_classes=NUM_SHAPE3D_CLASSES, names=("shape",))
+    del result["shape_right"]  # one part: the same as adherence
+    closed = [occupancy_to_mesh(v.float()).is_watertight for v in voxels]
+    return {**result, "watertight": sum(closed) / len(closed), "seconds_per_shape": seconds / len(labels), "voxels": voxels}
+
+
 def tones_continuation(pipe: ARPipeline, *, clips_per_class: int = 10, prompt_seconds: float = 0.25, conditioned: bool = False,
                        batch_size: int = 28, seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
     """Continue held-out tones clips from their first ``prompt_seconds`` and judge whether the class is kept.
@@ -267,7 +291,7 @@ def generation_quality(pipe: ARPipeline, *, samples_per_class: int = 10, batch_s
     """
     if pipe.tokenizer.modality not in ("image", "audio"):
         raise ValueError(f"generation_quality covers image and audio pipelines; this one makes {pipe.tokenizer.modality} "
-                         "(for moving shapes use pipelines.moving_shapes_adherence)")
+                         "(for moving shapes use pipelines.moving_shapes_adherence, for 3D primitives pipelines.primitives_adherence)")
     audio = pipe.tokenizer.modality == "audio"
     if batch_size is None:
         batch_size = NUM_TONE_CLASSES if audio else 2 * NUM_CLASSES

@@ -36,7 +36,7 @@ from pipeline_fixtures import (
 
 from mmgen.app.cli import main
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
-from mmgen.data import TonesDataset
+from mmgen.data import MeshFolder, PrimitivesDataset, TonesDataset
 from pipelines import ARPipeline, NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_audio import MultiScaleAudioCodec, MultiScaleAudioConfig, RVQAudioCodec, RVQAudioConfig
 from tokenizers_audio import SingleCodebookAudioCodec, SingleCodebookAudioConfig
@@ -46,6 +46,10 @@ from tokenizers_visual import (
     FlexImageTokenizer,
     KLImageTokenizer,
     MultiScaleVQTokenizer,
+    OctreeConfig,
+    OctreeTokenizer,
+    VariationalShapeConfig,
+    VariationalShapeTokenizer,
     VQImageTokenizer,
 )
 
@@ -188,6 +192,26 @@ def _video(bottleneck: str = "fsq") -> CausalVideoTokenizer:
 
 def _clip(frames: int = 5, size: int = 16) -> torch.Tensor:
     return torch.rand(1, frames, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def _octree() -> OctreeTokenizer:
+    return OctreeTokenizer(OctreeConfig(resolution=8))
+
+
+def _vat() -> VariationalShapeTokenizer:
+    torch.manual_seed(0)
+    return VariationalShapeTokenizer(VariationalShapeConfig(resolution=8, num_points=32, width=16, heads=2, num_queries=32)).eval()
+
+
+def _open_mesh(p: SimpleNamespace) -> Path:
+    """A folder with one mesh that has a face missing (not closed)."""
+    import trimesh
+
+    box = trimesh.creation.box()
+    folder = p.root / "open_meshes"
+    folder.mkdir(exist_ok=True)
+    trimesh.Trimesh(box.vertices, box.faces[1:]).export(folder / "open.ply")
+    return folder
 
 
 def _replace_tokens(tokens: torch.Tensor) -> Callable[..., dict[str, torch.Tensor]]:
@@ -386,6 +410,32 @@ ROWS = [
         ValueError, "num_frames must be 1 + k * temporal_downsample (4), got 6"),
     api("NextX.from_tokenizer: cells on a video grid", lambda p: _fresh(NextXPipeline, _video("kl"), entity="cell"),
         ValueError, "a (t, h, w) token grid (video) takes entity 'frame', 'token' or 'image'; got entity='cell'"),
+    # ---- OctreeTokenizer and 3D data ----
+    api("Octree.encode: a non-cubic grid", lambda p: _octree().encode(torch.ones(1, 8, 8, 4)),
+        ValueError, "shapes must be occupancy grids [B, 8, 8, 8] (this tokenizer's resolution) or point clouds [B, N, 3]"),
+    api("OctreeConfig: a side that is not a power of two", lambda p: OctreeConfig(resolution=12),
+        ValueError, "resolution must be a power of two >= 2"),
+    api("Octree.encode: an empty shape", lambda p: _octree().encode(torch.zeros(2, 8, 8, 8)),
+        ValueError, "shape 0: occupancy is empty (no voxel is occupied): an empty shape has no octree"),
+    api("Octree.encode: a point cloud with NaN", lambda p: _octree().encode(torch.full((1, 5, 3), float("nan"))),
+        ValueError, "points hold NaN"),
+    api("Octree.decode: an id beyond 8 bits", lambda p: _octree().decode(_long(1, 3, value=256)),
+        ValueError, "ids holds id 256 outside codebook 0's vocabulary [0, 256)"),
+    api("Octree.decode: a tree cut short", lambda p: _octree().decode(_long(1, 2, value=255)),
+        ValueError, "ids row 0: ids end before the octree does"),
+    api("VAT.encode: a point cloud with NaN", lambda p: _vat().encode(torch.full((1, 5, 3), float("nan"))),
+        ValueError, "holds NaN or infinite coordinates (15 of them)"),
+    api("VAT.encode: a grid of another resolution", lambda p: _vat().encode(torch.ones(1, 16, 16, 16)),
+        ValueError, "must have resolution 8 (this tokenizer's config.resolution), got 16"),
+    api("VAT.encode: an empty shape", lambda p: _vat().encode(torch.zeros(2, 8, 8, 8)),
+        ValueError, "is an empty shape"),
+    api("VariationalShapeConfig: a finest scale that is not num_latents",
+        lambda p: VariationalShapeConfig(num_latents=16, scales=(1, 2, 4, 8)),
+        ValueError, "scales[-1]=8 must equal num_latents=16"),
+    api("PrimitivesDataset: a side that is not a power of two", lambda p: PrimitivesDataset(size=2, resolution=12),
+        ValueError, "resolution must be a power of two in [8, 128]"),
+    api("MeshFolder: a mesh that is not closed", lambda p: MeshFolder(_open_mesh(p), resolution=8)[0],
+        ValueError, "is not closed (not watertight)"),
     # ---- audio codec encoder and decoder kinds (tokenizers_audio.frontends) ----
     api("RVQAudioConfig: an unknown encoder_type", lambda p: RVQAudioConfig(**AUDIO, encoder_type="mel"),
         ValueError, "encoder_type must be one of ('seanet', 'stft'), got 'mel'"),

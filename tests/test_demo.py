@@ -1,6 +1,6 @@
 """`mmgen demo`: every paradigm's pipeline generates every shapes prompt (PNGs, grids), every tones prompt
-(WAVs, spectrograms) and every moving-shapes prompt (GIFs, grid GIFs); manifest and HTML are written, the page a
-static summary of every sample."""
+(WAVs, spectrograms), every moving-shapes prompt (GIFs, grid GIFs) and every 3D primitives prompt (PLY meshes,
+previews, grids); manifest and HTML are written, the page a static summary of every sample."""
 
 import json
 import re
@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import pytest
 import soundfile
 import torch
+import trimesh
 from audio_fixtures import JUDGED_CLIP, SR, tones_codec
 from PIL import Image
 from pipeline_fixtures import count_gpt_forwards
@@ -18,9 +19,28 @@ from pipeline_fixtures import count_gpt_forwards
 import mmgen
 import pipelines
 from mmgen.app.cli import main
-from mmgen.app.demo import AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, VIDEO_PARADIGMS, run_demo
+from mmgen.app.demo import (
+    AUDIO_PARADIGMS,
+    DEFAULT_CHECKPOINTS,
+    PARADIGMS,
+    SHAPE_PARADIGMS,
+    VIDEO_PARADIGMS,
+    run_demo,
+)
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
-from mmgen.data import NUM_CLASSES, NUM_TONE_CLASSES, NUM_VIDEO_CLASSES, caption, tone_caption, video_caption, video_class_parts
+from mmgen.data import (
+    NUM_CLASSES,
+    NUM_SHAPE3D_CLASSES,
+    NUM_TONE_CLASSES,
+    NUM_VIDEO_CLASSES,
+    PRIMITIVES,
+    caption,
+    shape3d_caption,
+    tone_caption,
+    video_caption,
+    video_class_parts,
+)
+from mmgen.metrics import judge_primitives
 from pipelines import NextScalePipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_visual import (
     CausalVideoConfig,
@@ -29,6 +49,9 @@ from tokenizers_visual import (
     KLImageTokenizer,
     MultiScaleVQConfig,
     MultiScaleVQTokenizer,
+    OctreeTokenizer,
+    VariationalShapeConfig,
+    VariationalShapeTokenizer,
     VQConfig,
     VQImageTokenizer,
 )
@@ -36,8 +59,10 @@ from tokenizers_visual import (
 NAMES = [caption(c) for c in range(NUM_CLASSES)]
 TONE_NAMES = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
 VIDEO_NAMES = [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
+SHAPE_NAMES = [shape3d_caption(c) for c in range(NUM_SHAPE3D_CLASSES)]
 RATE, CLIP = SR, JUDGED_CLIP
 FRAMES = 5  # of the tiny video tokenizers: the first frame, then one latent frame per 4
+SIDE = 8  # voxels per side of the tiny shape tokenizers: an octree of 3 levels, 1 + 8 + 64 nodes at most
 
 
 def _pipeline(cls: type, tokenizer: torch.nn.Module, class_names: list[str] = NAMES, **config) -> object:
@@ -95,15 +120,17 @@ def _check_page(out: Path, manifest: dict) -> None:
     assert "manifest.json" in files and all(not re.match(r"[a-zA-Z][\w+.-]*:|/", ref) for ref in files)  # relative
     assert all((out / ref).is_file() for ref in files)
     assert f"mmgen {mmgen.__version__}" in text and "guidance scale 3" in text
-    infos = [*manifest["paradigms"].items(), *manifest["audio"]["paradigms"].items(), *manifest["video"]["paradigms"].items()]
+    infos = [*manifest["paradigms"].items(), *manifest["audio"]["paradigms"].items(), *manifest["video"]["paradigms"].items(),
+             *manifest["shapes"]["paradigms"].items()]
     assert [row[0] for row in page.rows] == [p for p, _ in infos]
     for row, (paradigm, info) in zip(page.rows, infos):
         assert row[3:6] == [str(info["gpt_forwards_per_sample"]), str(info["num_samples"]), f"{info['prompt_adherence']:.0%}"]
         assert info["description"] in row[2]
-    samples = [*manifest["samples"], *manifest["audio"]["samples"], *manifest["video"]["samples"]]
+    samples = [*manifest["samples"], *manifest["audio"]["samples"], *manifest["video"]["samples"], *manifest["shapes"]["samples"]]
     assert len(page.figures) == len(samples)
     for figure, sample in zip(page.figures, samples):
-        assert figure["media"] == ([sample["spectrogram"], sample["file"]] if "spectrogram" in sample else [sample["file"]])
+        shown = [sample["spectrogram"], sample["file"]] if "spectrogram" in sample else [sample.get("preview", sample["file"])]
+        assert figure["media"] == shown
         assert figure["title"].startswith(f"seed {sample['seed']}, generated in ")
         assert figure["verdict"].startswith("✓ right: read " if sample["right"] else "✗ wrong: read ")
 
@@ -164,10 +191,24 @@ def tiny_video_checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_shape_checkpoints(tmp_path_factory) -> Path:
+    """One tiny random primitives pipeline per 3D paradigm: octree ids by level and by node, VAT-style ids by scale."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("primitives")
+    _pipeline(NextScalePipeline, OctreeTokenizer({"resolution": SIDE}), SHAPE_NAMES).save_pretrained(root / "octree-level")
+    _pipeline(NextTokenPipeline, OctreeTokenizer({"resolution": SIDE}), SHAPE_NAMES).save_pretrained(root / "octree-token")
+    vat = VariationalShapeTokenizer(VariationalShapeConfig(resolution=SIDE, num_points=64, num_latents=4, width=16, depth=1,
+                                                           heads=2, latent_dim=4, codebook_size=16, scales=(1, 2, 4),
+                                                           num_frequencies=2, num_queries=64)).eval()
+    _pipeline(NextScalePipeline, vat, SHAPE_NAMES).save_pretrained(root / "vat-next-scale")
+    return root
+
+
 def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
     manifest = run_demo(checkpoints=tiny_checkpoints, out_dir=out, samples_per_prompt=2, seed=5, audio_checkpoints=None,
-                        video_checkpoints=None)
+                        video_checkpoints=None, shape_checkpoints=None)
     assert set(manifest["paradigms"]) == set(PARADIGMS)
     assert len(manifest["samples"]) == 3 * NUM_CLASSES * 2
     for paradigm, info in manifest["paradigms"].items():
@@ -193,7 +234,8 @@ def test_demo_writes_every_sample_grid_manifest_and_html(tiny_checkpoints, tmp_p
 
 
 def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp_path, one_torch_thread):
-    image_only = {"checkpoints": tiny_checkpoints, "paradigms": ["next-token"], "audio_checkpoints": None, "video_checkpoints": None}
+    image_only = {"checkpoints": tiny_checkpoints, "paradigms": ["next-token"], "audio_checkpoints": None, "video_checkpoints": None,
+                  "shape_checkpoints": None}
     a = run_demo(out_dir=tmp_path / "a", **image_only)
     b = run_demo(out_dir=tmp_path / "b", **image_only)
     assert [(tmp_path / "a" / s["file"]).read_bytes() for s in a["samples"]] == \
@@ -205,11 +247,13 @@ def test_demo_is_reproducible_and_never_overwrites_unasked(tiny_checkpoints, tmp
 
 def test_demo_command_reports_per_paradigm_and_fails_cleanly(tiny_checkpoints, tmp_path, capsys, one_torch_thread):
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "o"), "--paradigm", "next-scale",
-                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(tmp_path / "no-video")]) == 0
+                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(tmp_path / "no-video"),
+                 "--shape-checkpoints", str(tmp_path / "no-shapes")]) == 0
     out = capsys.readouterr().out
     assert "next-scale: 21 samples, prompt adherence" in out and "index.html" in out
     assert f"audio section skipped: no tones pipelines in {tmp_path / 'no-tones'}" in out
     assert f"video section skipped: no moving-shapes pipelines in {tmp_path / 'no-video'} (pass --video-checkpoints DIR)" in out
+    assert f"shape section skipped: no primitives pipelines in {tmp_path / 'no-shapes'} (pass --shape-checkpoints DIR)" in out
     assert main(["demo", "--checkpoints", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
     assert "no shipped pipeline" in capsys.readouterr().err
 
@@ -218,7 +262,7 @@ def test_demo_command_reports_per_paradigm_and_fails_cleanly(tiny_checkpoints, t
 def test_demo_writes_a_wav_and_a_spectrogram_per_clip(tiny_checkpoints, tiny_audio_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
     manifest = run_demo(checkpoints=tiny_checkpoints, paradigms=["next-token"], audio_checkpoints=tiny_audio_checkpoints,
-                        video_checkpoints=None, out_dir=out, seed=3)
+                        video_checkpoints=None, shape_checkpoints=None, out_dir=out, seed=3)
     audio = manifest["audio"]
     assert set(audio["paradigms"]) == set(AUDIO_PARADIGMS) and audio["skipped"] == {}
     assert len(audio["samples"]) == 3 * NUM_TONE_CLASSES and len(manifest["samples"]) == NUM_CLASSES  # images untouched
@@ -246,12 +290,12 @@ def test_absent_audio_is_skipped_by_default_and_an_error_when_asked_for(tiny_aud
     partial.mkdir()
     (partial / "next-token-single").symlink_to(tiny_audio_checkpoints / "next-token-single", target_is_directory=True)
     manifest = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=partial, video_checkpoints=None,
-                        out_dir=tmp_path / "a")
+                        shape_checkpoints=None, out_dir=tmp_path / "a")
     assert list(manifest["audio"]["paradigms"]) == ["next-token-single"]
     assert set(manifest["audio"]["skipped"]) == {"next-token-rvq", "next-scale"}
     assert "next-scale: skipped, no pipeline in" in (tmp_path / "a" / "index.html").read_text()
     none = run_demo(checkpoints=DEFAULT_CHECKPOINTS, paradigms=[], audio_checkpoints=tmp_path / "nothing", video_checkpoints=None,
-                    out_dir=tmp_path / "b")
+                    shape_checkpoints=None, out_dir=tmp_path / "b")
     assert none["audio"]["paradigms"] == {} and set(none["audio"]["skipped"]) == set(AUDIO_PARADIGMS)
     with pytest.raises(FileNotFoundError, match=r"no shipped audio pipeline for \['next-scale'\].*--audio-checkpoints"):
         run_demo(paradigms=[], audio_checkpoints=partial, audio_paradigms=["next-scale"], out_dir=tmp_path / "c")
@@ -266,7 +310,7 @@ def test_demo_command_reports_audio_adherence_and_refuses_a_missing_one(tiny_che
                                                                          capsys, one_torch_thread):
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
                  "--audio-checkpoints", str(tiny_audio_checkpoints), "--audio-paradigm", "next-scale",
-                 "--video-checkpoints", str(tmp_path / "no-video")]) == 0
+                 "--video-checkpoints", str(tmp_path / "no-video"), "--shape-checkpoints", str(tmp_path / "no-shapes")]) == 0
     out = capsys.readouterr().out
     assert f"tones/next-scale: {NUM_TONE_CLASSES} samples, prompt adherence" in out and f"{NUM_TONE_CLASSES} WAVs" in out
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "p"),
@@ -276,7 +320,8 @@ def test_demo_command_reports_audio_adherence_and_refuses_a_missing_one(tiny_che
 
 def test_demo_writes_a_gif_per_clip_judged_for_shape_colour_and_direction(tiny_video_checkpoints, tmp_path, one_torch_thread):
     out = tmp_path / "demo"
-    manifest = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tiny_video_checkpoints, out_dir=out, seed=3)
+    manifest = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tiny_video_checkpoints, shape_checkpoints=None,
+                        out_dir=out, seed=3)
     video = manifest["video"]
     assert set(video["paradigms"]) == set(VIDEO_PARADIGMS) and video["skipped"] == {}
     assert len(video["samples"]) == 2 * NUM_VIDEO_CLASSES and manifest["samples"] == [] and manifest["audio"]["samples"] == []
@@ -307,7 +352,8 @@ def test_demo_writes_a_gif_per_clip_judged_for_shape_colour_and_direction(tiny_v
 
 
 def test_absent_video_is_skipped_by_default_and_an_error_when_asked_for(tiny_video_checkpoints, tmp_path, one_torch_thread):
-    none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tmp_path / "nothing", out_dir=tmp_path / "b")
+    none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=tmp_path / "nothing", shape_checkpoints=None,
+                    out_dir=tmp_path / "b")
     assert none["video"] == {"samples": [], "paradigms": {}, "sampling": {"guidance_scale": 2.0, "temperature": 0.7},
                              "skipped": {p: f"no pipeline in {tmp_path / 'nothing' / p}" for p in VIDEO_PARADIGMS}}
     assert "next-frame: skipped, no pipeline in" in (tmp_path / "b" / "index.html").read_text()
@@ -329,7 +375,8 @@ def test_demo_command_reports_video_adherence_skips_an_absent_one_and_refuses_a_
     partial.mkdir()
     (partial / "next-frame").symlink_to(tiny_video_checkpoints / "next-frame", target_is_directory=True)
     assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
-                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(partial)]) == 0
+                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(partial),
+                 "--shape-checkpoints", str(tmp_path / "no-shapes")]) == 0
     out = capsys.readouterr().out
     assert f"video/next-frame: {NUM_VIDEO_CLASSES} samples, prompt adherence" in out and f"{NUM_VIDEO_CLASSES} GIFs" in out
     assert f"video/next-token: skipped, no pipeline in {partial / 'next-token'}" in out
@@ -344,9 +391,93 @@ def test_demo_command_reports_video_adherence_skips_an_absent_one_and_refuses_a_
     assert not (tmp_path / "p").exists()
 
 
+def test_demo_writes_a_mesh_and_a_preview_per_shape_judged_for_its_primitive(tiny_shape_checkpoints, tmp_path, one_torch_thread):
+    out = tmp_path / "demo"
+    manifest = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=None, shape_checkpoints=tiny_shape_checkpoints,
+                        out_dir=out, samples_per_prompt=2, seed=3)
+    shapes = manifest["shapes"]
+    assert set(shapes["paradigms"]) == set(SHAPE_PARADIGMS) and shapes["skipped"] == {}
+    assert shapes["sampling"] == {"guidance_scale": 2.0, "temperature": 1.0}  # what configs/primitives/*.yaml evaluate with
+    assert len(shapes["samples"]) == 3 * NUM_SHAPE3D_CLASSES * 2 and manifest["samples"] == [] and manifest["video"]["samples"] == []
+    for paradigm, info in shapes["paradigms"].items():
+        rows = [s for s in shapes["samples"] if s["paradigm"] == paradigm]
+        assert info["pipeline"] == SHAPE_PARADIGMS[paradigm] and info["num_samples"] == len(rows) == 2 * NUM_SHAPE3D_CLASSES
+        assert info["num_right"] == sum(s["right"] for s in rows) and info["prompt_adherence"] == info["num_right"] / len(rows)
+        assert info["resolution"] == SIDE and info["seconds_per_sample"] > 0
+        assert [s["prompt"] for s in rows] == [name for name in SHAPE_NAMES for _ in range(2)]
+        assert [s["seed"] for s in rows] == list(range(3, 3 + len(rows)))
+        assert Image.open(out / "shapes" / f"grid-{paradigm}.png").size == (NUM_SHAPE3D_CLASSES * 256, 2 * 256)  # a column per prompt
+    # by level: one forward per octree level; by token: one per node, at most every cell of every level; VAT: one per scale
+    assert {p: info["gpt_forwards_per_sample"] for p, info in shapes["paradigms"].items()} == \
+        {"octree-level": 3, "octree-token": 1 + 8 + 64, "vat-next-scale": 3}
+    assert {p: info["positions_per_sample"] for p, info in shapes["paradigms"].items()} == \
+        {"octree-level": 1 + 8 + 64, "octree-token": 1 + 8 + 64, "vat-next-scale": 1 + 2 + 4}
+    first = shapes["samples"][0]
+    assert set(first) >= {"file", "preview", "paradigm", "prompt", "class_id", "seed", "seconds", "judged", "right"}
+    assert (first["file"], first["preview"]) == ("shapes/octree-level/000-a-sphere-seed3.ply", "shapes/octree-level/000-a-sphere-seed3.png")
+    for sample in shapes["samples"]:
+        assert set(sample["judged"]) == {"primitive"} and sample["judged"]["primitive"] in (*PRIMITIVES, None)
+        assert sample["right"] == (sample["judged"]["primitive"] == PRIMITIVES[sample["class_id"]])
+        mesh = trimesh.load(out / sample["file"], force="mesh")
+        assert isinstance(mesh, trimesh.Trimesh) and (len(mesh.faces) == 0 or mesh.is_watertight)
+        preview = Image.open(out / sample["preview"])
+        assert preview.mode == "RGB" and preview.size == (256, 256)
+    pipe = NextScalePipeline.from_pretrained(str(tiny_shape_checkpoints / "octree-level"))  # the judge read what was generated
+    pipe.set_progress_bar_config(disable=True)
+    again = pipe(prompt=SHAPE_NAMES[:1], generator=[torch.Generator().manual_seed(3)], output_type="voxels", **shapes["sampling"])
+    assert judge_primitives(torch.from_numpy(again.shapes)) == [first["judged"]["primitive"] or "none"]
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert all(f'<a href="{s["file"]}" download><img src="{s["preview"]}"' in text for s in shapes["samples"])
+    assert "every 3D primitives prompt" in text and "judge_primitives" in text and "guidance scale 2, temperature 1" in text
+    exact = {p: info for p, info in shapes["paradigms"].items() if p != "octree-token"}  # by token: a bound, the tree's own size
+    _check_forwards(tiny_shape_checkpoints, SHAPE_PARADIGMS, exact)
+    _check_page(out, manifest)
+
+
+def test_absent_shapes_are_skipped_by_default_and_an_error_when_asked_for(tiny_shape_checkpoints, tmp_path, one_torch_thread):
+    none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=None, shape_checkpoints=tmp_path / "nothing",
+                    out_dir=tmp_path / "b")
+    assert none["shapes"] == {"samples": [], "paradigms": {}, "sampling": {"guidance_scale": 2.0, "temperature": 1.0},
+                              "skipped": {p: f"no pipeline in {tmp_path / 'nothing' / p}" for p in SHAPE_PARADIGMS}}
+    assert "vat-next-scale: skipped, no pipeline in" in (tmp_path / "b" / "index.html").read_text()
+    partial = tmp_path / "partial-shapes"
+    partial.mkdir()
+    (partial / "octree-level").symlink_to(tiny_shape_checkpoints / "octree-level", target_is_directory=True)
+    with pytest.raises(FileNotFoundError, match=r"no shipped shape pipeline for \['octree-token'\].*--shape-checkpoints"):
+        run_demo(paradigms=[], shape_checkpoints=partial, shape_paradigms=["octree-token"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown shape paradigm"):
+        run_demo(paradigms=[], shape_checkpoints=partial, shape_paradigms=["next-scale"], out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="needs shape_checkpoints"):
+        run_demo(paradigms=[], shape_checkpoints=None, shape_paradigms=["octree-level"], out_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_demo_command_reports_shape_adherence_skips_an_absent_one_and_refuses_a_missing_one(
+        tiny_checkpoints, tiny_shape_checkpoints, tmp_path, capsys, one_torch_thread):
+    partial = tmp_path / "partial-shapes"  # octree-level shipped, the others not (yet)
+    partial.mkdir()
+    (partial / "octree-level").symlink_to(tiny_shape_checkpoints / "octree-level", target_is_directory=True)
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--paradigm", "next-token", "--out", str(tmp_path / "o"),
+                 "--audio-checkpoints", str(tmp_path / "no-tones"), "--video-checkpoints", str(tmp_path / "no-video"),
+                 "--shape-checkpoints", str(partial)]) == 0
+    out = capsys.readouterr().out
+    assert f"shapes/octree-level: {NUM_SHAPE3D_CLASSES} samples, prompt adherence" in out
+    assert f"{NUM_SHAPE3D_CLASSES} PLY meshes with previews" in out
+    assert f"shapes/octree-token: skipped, no pipeline in {partial / 'octree-token'}" in out
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert list(manifest["shapes"]["paradigms"]) == ["octree-level"] and len(manifest["shapes"]["samples"]) == NUM_SHAPE3D_CLASSES
+    assert set(manifest["shapes"]["skipped"]) == {"octree-token", "vat-next-scale"}
+    _check_page(tmp_path / "o", manifest)
+    assert main(["demo", "--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path / "p"),
+                 "--shape-checkpoints", str(partial), "--shape-paradigm", "vat-next-scale"]) == 2
+    assert "no shipped shape pipeline for ['vat-next-scale']" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 @pytest.mark.skipif(not (DEFAULT_CHECKPOINTS / "next-token" / "model_index.json").is_file(), reason="no shipped checkpoints")
 def test_shipped_checkpoints_follow_their_prompts(tmp_path, one_torch_thread):
     """The repository's own demo: each paradigm's shipped pipeline draws what the prompts ask for."""
-    manifest = run_demo(out_dir=tmp_path / "demo", audio_checkpoints=None, video_checkpoints=None)
+    manifest = run_demo(out_dir=tmp_path / "demo", audio_checkpoints=None, video_checkpoints=None, shape_checkpoints=None)
     for paradigm, info in manifest["paradigms"].items():
         assert info["prompt_adherence"] >= 0.8, (paradigm, info)

@@ -22,7 +22,7 @@ from accelerate.utils import is_tensorboard_available
 from mmgen.app.cli import main
 from mmgen.app.training import Trainer, list_checkpoints, load_config
 from mmgen.app.training.config import TrainConfig, config_from_mapping
-from mmgen.app.training.data import StepBatches, TokenSource, batch_indices, step_batches
+from mmgen.app.training.data import StepBatches, TokenSource, batch_indices, length_grouped_indices, step_batches
 from mmgen.app.training.trainer import lr_factor
 from tokenizers_visual import KLConfig, KLImageTokenizer
 from training_fixtures import (
@@ -338,3 +338,19 @@ def test_next_x_scale_entity_without_patch_nums_gets_room_for_its_default_scales
     pipe = build_pipeline(load_config(write_config(tmp_path / "scale.yaml", values)))
     assert pipe.config.patch_nums == [1, 2, 4] and pipe.pattern().num_positions == 1 + 4 + 16
     assert pipe.gpt.cfg.max_seq_len == 1 + pipe.pattern().num_positions  # the class prefix, then the pyramid
+
+
+def test_length_grouped_batches_are_a_function_of_the_step_and_pad_less():
+    lengths = torch.randint(10, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    grouped = [length_grouped_indices(seed=3, step=s, batch_size=32, lengths=lengths, pool=4) for s in range(50)]
+    assert all(torch.equal(g, length_grouped_indices(seed=3, step=s, batch_size=32, lengths=lengths, pool=4))
+               for s, g in enumerate(grouped))
+    assert all(len(set(g.tolist())) == 32 for g in grouped)
+    plain = [batch_indices(seed=3, step=s, batch_size=32, num_items=1000) for s in range(50)]
+    padded = sum(int(lengths[g].max() * 32 - lengths[g].sum()) for g in grouped)
+    assert padded < 0.5 * sum(int(lengths[g].max() * 32 - lengths[g].sum()) for g in plain)
+    halves = [length_grouped_indices(seed=3, step=7, batch_size=32, lengths=lengths, pool=4, rank=r, world_size=2) for r in (0, 1)]
+    assert sorted(torch.cat(halves).tolist()) == sorted(grouped[7].tolist())  # each process its share of the same batch
+    source = TokenSource(torch.zeros(8, 3, dtype=torch.long), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="data.group_by_length"):
+        StepBatches(source, fields=("tokens",), seed=0, batch_size=4, num_steps=1, group_by_length=4)

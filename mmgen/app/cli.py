@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmgen.files import write_atomically
+from mmgen.meshes import MESH_FORMATS
 
 from .evaluate import EVAL_CARD_HEADING
-from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, VIDEO_CHECKPOINTS, VIDEO_PARADIGMS
+from .shipped import (
+    AUDIO_CHECKPOINTS,
+    AUDIO_PARADIGMS,
+    DEFAULT_CHECKPOINTS,
+    SHAPE_CHECKPOINTS,
+    SHAPE_PARADIGMS,
+    VIDEO_CHECKPOINTS,
+    VIDEO_PARADIGMS,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +34,8 @@ AUTO_DEVICE = "auto"  # --device default, resolved when parsed: `--help` then ne
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Every shapes, tones and moving-shapes prompt with each paradigm's shipped checkpoint: PNGs, grids, WAVs, GIFs,
-    manifest.json and index.html."""
+    """Every shapes, tones, moving-shapes and 3D primitives prompt with each paradigm's shipped checkpoint: PNGs, grids,
+    WAVs, GIFs, PLY meshes with previews, manifest.json and index.html."""
     from .demo import run_demo
 
     start = time.perf_counter()
@@ -34,24 +43,27 @@ def _demo(args: argparse.Namespace) -> int:
         manifest = run_demo(checkpoints=args.checkpoints, out_dir=args.out, samples_per_prompt=args.samples_per_prompt,
                             seed=args.seed, overwrite=args.overwrite, paradigms=args.paradigm,
                             audio_checkpoints=args.audio_checkpoints, audio_paradigms=args.audio_paradigm,
-                            video_checkpoints=args.video_checkpoints, video_paradigms=args.video_paradigm)
-    audio, video = manifest["audio"], manifest["video"]
+                            video_checkpoints=args.video_checkpoints, video_paradigms=args.video_paradigm,
+                            shape_checkpoints=args.shape_checkpoints, shape_paradigms=args.shape_paradigm)
+    audio, video, shapes = manifest["audio"], manifest["video"], manifest["shapes"]
     rows = [*manifest["paradigms"].items(), *((f"tones/{p}", info) for p, info in audio["paradigms"].items()),
-            *((f"video/{p}", info) for p, info in video["paradigms"].items())]
+            *((f"video/{p}", info) for p, info in video["paradigms"].items()),
+            *((f"shapes/{p}", info) for p, info in shapes["paradigms"].items())]
     width = max((len(name) for name, _ in rows), default=0)
     for paradigm, info in rows:
         print(f"{paradigm:>{width}}: {info['num_samples']} samples, prompt adherence {info['prompt_adherence']:.0%}, "
               f"{info['seconds_per_sample'] * 1000:.0f} ms/sample")
     for name, folder, prompts, part, root in (("audio", "tones", "tones", audio, args.audio_checkpoints),
-                                              ("video", "video", "moving-shapes", video, args.video_checkpoints)):
+                                              ("video", "video", "moving-shapes", video, args.video_checkpoints),
+                                              ("shape", "shapes", "primitives", shapes, args.shape_checkpoints)):
         if part["skipped"] and not part["paradigms"]:
             print(f"{name} section skipped: no {prompts} pipelines in {root} (pass --{name}-checkpoints DIR)")
         else:
             for paradigm, why in part["skipped"].items():
                 print(f"{folder}/{paradigm}: skipped, {why}")
     print(f"wrote {len(manifest['samples'])} PNGs, grids, {len(audio['samples'])} WAVs with spectrograms, "
-          f"{len(video['samples'])} GIFs with grids, manifest.json and index.html to {args.out} in "
-          f"{time.perf_counter() - start:.1f} s")
+          f"{len(video['samples'])} GIFs with grids, {len(shapes['samples'])} PLY meshes with previews and grids, "
+          f"manifest.json and index.html to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -254,7 +266,8 @@ def _sample_plan(args: argparse.Namespace, *, suffix: str) -> list[dict[str, Any
 def _check_targets(out: Path, plan: list[dict[str, Any]], *, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
-    existing = [name for name in [MANIFEST] + [item["file"] for item in plan] if (out / name).exists()]
+    files = [name for item in plan for name in (item["file"], item.get("preview")) if name]  # shapes: mesh + preview
+    existing = [name for name in [MANIFEST, *files] if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"--out {str(out)!r} already holds {existing[:3]}{' ...' if len(existing) > 3 else ''}; "
                               "pass --overwrite to replace them, or choose another folder")
@@ -297,7 +310,7 @@ def _condition_kwargs(batch: list[dict[str, Any]]) -> dict[str, Any]:
 def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generators: list[torch.Generator],
                    options: dict[str, Any]) -> None:
     """Generate one batch and write each sample to its file: a PNG per image, a 16-bit WAV per audio clip, a GIF
-    or MP4 per video."""
+    or MP4 per video, a mesh (PLY, OBJ or GLB) and its PNG preview per shape."""
     if pipe.tokenizer.modality == "audio":
         import soundfile
 
@@ -315,6 +328,16 @@ def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generat
         for item, frames in zip(batch, videos):
             write_video(out / item["file"], frames, fps=VIDEO_FPS)
         return
+    if pipe.tokenizer.modality == "shape":
+        from mmgen.meshes import render_preview, write_mesh
+
+        meshes = pipe(**_condition_kwargs(batch), generator=generators, output_type="mesh", **options).shapes
+        out.mkdir(parents=True, exist_ok=True)
+        for item, mesh in zip(batch, meshes):
+            write_mesh(out / item["file"], mesh, overwrite=True)  # _check_targets refused existing files already
+            preview = render_preview(mesh)
+            write_atomically(out / item["preview"], lambda tmp, preview=preview: preview.save(tmp, format="PNG"))
+        return
     images = pipe(**_condition_kwargs(batch), generator=generators, output_type="pil", **options).images
     out.mkdir(parents=True, exist_ok=True)  # only once something was generated: a failed run leaves no folder
     for item, image in zip(batch, images):
@@ -322,16 +345,20 @@ def _write_samples(pipe: Any, batch: list[dict[str, Any]], out: Path, *, generat
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Samples from a saved pipeline, one PNG (images), WAV (audio) or GIF / MP4 (video) per sample (seed = --seed + index)
-    and a manifest.json."""
+    """Samples from a saved pipeline, one PNG (images), WAV (audio), GIF / MP4 (video) or mesh + PNG preview (shapes)
+    per sample (seed = --seed + index) and a manifest.json."""
     import torch
 
     source = _pipeline_source(args.pipeline)
     out = Path(args.out)
     _check_targets(out, [], overwrite=args.overwrite)
     pipe = _load_pipeline(source, device=args.device)
-    suffix = {"audio": ".wav", "video": f".{args.video_format}"}.get(pipe.tokenizer.modality, ".png")
+    modality = pipe.tokenizer.modality
+    suffix = {"audio": ".wav", "video": f".{args.video_format}", "shape": f".{args.mesh_format}"}.get(modality, ".png")
     plan = _sample_plan(args, suffix=suffix)
+    if modality == "shape":
+        for item in plan:
+            item["preview"] = str(Path(item["file"]).with_suffix(".png"))
     _check_targets(out, plan, overwrite=args.overwrite)
     options = {"guidance_scale": args.guidance_scale, **_sampling_options(pipe, args)}
     _resolve_classes(pipe, plan)
@@ -343,7 +370,7 @@ def _generate(args: argparse.Namespace) -> int:
         seconds = (time.perf_counter() - start) / len(batch)
         for item in batch:
             item["seconds"] = seconds
-    manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "modality": pipe.tokenizer.modality,
+    manifest = {"pipeline": source, "pipeline_class": type(pipe).__name__, "modality": modality,
                 "options": options, "samples": plan}
     write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     total = sum(item["seconds"] for item in plan)
@@ -431,9 +458,12 @@ def _add_tokenize(commands: Any) -> None:
 
 
 def _add_generate(commands: Any) -> None:
-    cmd = _command(commands, "generate", summary="generate images (PNG), audio (WAV) or video (GIF, MP4) with a saved pipeline (folder or hub repo)",
+    cmd = _command(commands, "generate", summary="generate images (PNG), audio (WAV), video (GIF, MP4) or shapes (PLY, OBJ, GLB) "
+                                                  "with a saved pipeline (folder or hub repo)",
                    description="Load a pipeline saved with save_pretrained (a local folder or a hub repo id) and write one "
-                               "PNG (images), 16-bit WAV (audio) or GIF / MP4 (video, --video-format) per sample plus manifest.json (file, prompt, class id, seed, seconds) into --out. "
+                               "PNG (images), 16-bit WAV (audio), GIF / MP4 (video, --video-format) or mesh (shapes, "
+                               "--mesh-format) with a PNG preview beside it per sample, plus manifest.json (file, preview "
+                               "of a shape, prompt, class id, seed, seconds) into --out. "
                                "Sample i is drawn with seed --seed + i, so a rerun reproduces it exactly. Without "
                                "--prompt or --class-label the samples are unconditional.",
                    example='mmgen generate outputs/shapes32/next-token/pipeline --prompt "a red circle" --num-samples 4 --guidance-scale 3')
@@ -449,6 +479,8 @@ def _add_generate(commands: Any) -> None:
     cmd.add_argument("--batch-size", type=_positive_int, default=16, help="samples generated at once (default 16)")
     cmd.add_argument("--video-format", choices=VIDEO_FORMATS, default="gif",
                      help=f"file format of generated videos (default gif; mp4 is H.264 at {VIDEO_FPS} frames/s)")
+    cmd.add_argument("--mesh-format", choices=MESH_FORMATS, default="ply",
+                     help="file format of generated shapes, closed meshes in [-1, 1] with z up (default ply)")
     cmd.add_argument("--out", type=Path, default=Path("mmgen-samples"), help="output folder (default ./mmgen-samples)")
     cmd.add_argument("--overwrite", action="store_true", help="replace samples / manifest already in --out")
     _add_device_argument(cmd)
@@ -519,15 +551,18 @@ def _add_upgrade(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = _command(commands, "demo", summary="generate the shapes, tones and moving-shapes prompts with every paradigm's "
-                                              "shipped checkpoint",
+    demo = _command(commands, "demo", summary="generate the shapes, tones, moving-shapes and 3D primitives prompts with every "
+                                              "paradigm's shipped checkpoint",
                     description="Load the tiny shipped pipelines (next-token, next-scale, next-X; checkpoints/shapes32), generate "
                                 "every shapes prompt with each, judge the pixels, and write one PNG per sample, a grid per "
                                 "paradigm, manifest.json and index.html. Then the same for the tones prompts with the audio "
                                 "pipelines in checkpoints/tones (next-token-rvq, next-scale, next-token-single; skipped when "
                                 "absent): one WAV and spectrogram PNG per clip under tones/. Then the moving-shapes prompts "
                                 "with the video pipelines in checkpoints/moving_shapes (next-token, next-frame; skipped when "
-                                "absent): one animated GIF per clip and a grid GIF per paradigm under video/. No downloads.",
+                                "absent): one animated GIF per clip and a grid GIF per paradigm under video/. Then the 3D "
+                                "primitives prompts with the shape pipelines in checkpoints/primitives (octree-level, "
+                                "octree-token, vat-next-scale; skipped when absent): one PLY mesh and PNG preview per shape and "
+                                "a grid of previews per paradigm under shapes/. No downloads.",
                     example="mmgen demo --out mmgen-demo")
     demo.add_argument("--out", type=Path, default=Path("mmgen-demo"), help="output folder (default ./mmgen-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
@@ -547,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "absent ones are skipped)")
     demo.add_argument("--video-paradigm", action="append", choices=list(VIDEO_PARADIGMS), default=None,
                       help="only this video paradigm, which must then exist (repeatable; default: every one present)")
+    demo.add_argument("--shape-checkpoints", type=Path, default=SHAPE_CHECKPOINTS,
+                      help=f"folder with {'/, '.join(SHAPE_PARADIGMS)}/ 3D primitives pipelines (default: the shipped ones; "
+                           "absent ones are skipped)")
+    demo.add_argument("--shape-paradigm", action="append", choices=list(SHAPE_PARADIGMS), default=None,
+                      help="only this 3D shape paradigm, which must then exist (repeatable; default: every one present)")
     demo.set_defaults(run=_demo)
     train = _command(commands, "train", summary="train a tokenizer or a generator from a YAML config (accelerate)",
                      description="Train what a YAML run config describes; checkpoints, metrics.jsonl, eval.json and the "

@@ -1,15 +1,17 @@
-"""``mmgen demo``: generate the shapes, tones and moving-shapes prompts with every paradigm's shipped checkpoint
-and write a report.
+"""``mmgen demo``: generate the shapes, tones, moving-shapes and 3D primitives prompts with every paradigm's shipped
+checkpoint and write a report.
 
 The repository ships one tiny pipeline per image paradigm in ``checkpoints/shapes32``, one per audio
-paradigm in ``checkpoints/tones`` and one per video paradigm in ``checkpoints/moving_shapes`` (each
-reproducible by one ``mmgen train configs/...`` command). The demo loads them, generates every shapes prompt
-("a red circle", ...), every tones prompt ("a C4 tone", ...) and every moving-shapes prompt ("a red square
-moving left", ...) with each, judges every image with :func:`mmgen.metrics.judge_shapes`, every audio clip
-with :func:`mmgen.metrics.judge_tones` and every video clip with :func:`mmgen.metrics.judge_moving_shapes`,
-and writes into the output folder: one PNG per image and a grid per image paradigm, one WAV and one
-spectrogram PNG per audio clip (under ``tones/``), one animated GIF per video clip and a grid GIF per video
-paradigm (under ``video/``), ``manifest.json`` and ``index.html``: one static page (inline CSS, no scripts, no external files, readable from ``file://``) with a summary table
+paradigm in ``checkpoints/tones``, one per video paradigm in ``checkpoints/moving_shapes`` and one per 3D
+paradigm in ``checkpoints/primitives`` (each reproducible by one ``mmgen train configs/...`` command). The demo
+loads them, generates every shapes prompt ("a red circle", ...), every tones prompt ("a C4 tone", ...), every
+moving-shapes prompt ("a red square moving left", ...) and every primitives prompt ("a torus", ...) with each,
+judges every image with :func:`mmgen.metrics.judge_shapes`, every audio clip with :func:`mmgen.metrics.judge_tones`,
+every video clip with :func:`mmgen.metrics.judge_moving_shapes` and every 3D shape with
+:func:`mmgen.metrics.judge_primitives`, and writes into the output folder: one PNG per image and a grid per image
+paradigm, one WAV and one spectrogram PNG per audio clip (under ``tones/``), one animated GIF per video clip and a
+grid GIF per video paradigm (under ``video/``), one PLY mesh and one PNG preview per 3D shape and a grid of previews
+per 3D paradigm (under ``shapes/``), ``manifest.json`` and ``index.html``: one static page (inline CSS, no scripts, no external files, readable from ``file://``) with a summary table
 (per paradigm: how it generates, GPT forwards per sample, prompt adherence, time), then every sample with its
 prompt, the judge's verdict and, on hover, its seed and time.
 """
@@ -32,23 +34,42 @@ from PIL import Image
 from mmgen import __version__
 from mmgen.data import (
     NUM_CLASSES,
+    NUM_SHAPE3D_CLASSES,
     NUM_TONE_CLASSES,
     NUM_VIDEO_CLASSES,
+    PRIMITIVES,
     caption,
     class_parts,
+    shape3d_caption,
     tone_caption,
     tone_class_parts,
     video_caption,
     video_class_parts,
 )
 from mmgen.files import write_atomically, write_video
-from mmgen.metrics import judge_moving_shapes, judge_shapes, judge_tones
+from mmgen.meshes import occupancy_to_mesh, render_preview, write_mesh
+from mmgen.metrics import (
+    judge_moving_shapes,
+    judge_primitives,
+    judge_shapes,
+    judge_tones,
+)
 from mmgen.spectral import LOG_FLOOR, mel_spectrogram
 
-from .shipped import AUDIO_CHECKPOINTS, AUDIO_PARADIGMS, DEFAULT_CHECKPOINTS, PARADIGMS, VIDEO_CHECKPOINTS, VIDEO_PARADIGMS
+from .shipped import (
+    AUDIO_CHECKPOINTS,
+    AUDIO_PARADIGMS,
+    DEFAULT_CHECKPOINTS,
+    PARADIGMS,
+    SHAPE_CHECKPOINTS,
+    SHAPE_PARADIGMS,
+    VIDEO_CHECKPOINTS,
+    VIDEO_PARADIGMS,
+)
 
 __all__ = ["AUDIO_CHECKPOINTS", "AUDIO_DESCRIPTIONS", "AUDIO_PARADIGMS", "DEFAULT_CHECKPOINTS", "DESCRIPTIONS", "PARADIGMS",
-           "VIDEO_CHECKPOINTS", "VIDEO_DESCRIPTIONS", "VIDEO_PARADIGMS", "run_demo"]
+           "SHAPE_CHECKPOINTS", "SHAPE_DESCRIPTIONS", "SHAPE_PARADIGMS", "VIDEO_CHECKPOINTS", "VIDEO_DESCRIPTIONS",
+           "VIDEO_PARADIGMS", "run_demo"]
 
 DESCRIPTIONS = {  # formatted with the pipeline's config; the counts come from its program (see _cost)
     "next-token": "one token per GPT forward, in raster order (LlamaGen-style)",
@@ -66,12 +87,23 @@ VIDEO_DESCRIPTIONS = {
     "next-frame": "continuous causal video tokenizer, next-frame: a whole latent frame per GPT forward, all its positions drawn "
                   "at once by a flow head, the KV cache kept across frames (xAR-style)",
 }
+SHAPE_DESCRIPTIONS = {
+    "octree-level": "octree tokenizer, next-scale by level: one GPT forward per octree level, drawing every node of it at "
+                    "once, its nodes the children of the cells the level before occupied (Uni-3DAR-style)",
+    "octree-token": "octree tokenizer, next-token: one GPT forward per octree node in breadth-first (Morton) order, each "
+                    "node's cell known before its token is drawn (Uni-3DAR-style); a tree has as many nodes as its surface "
+                    "needs, so the forwards counted are the most a shape can take",
+    "vat-next-scale": "VAT-style variational shape tokenizer, next-scale: one GPT forward per scale of its 1D latent "
+                      "pyramid, coarse to fine (VAR-style)",
+}
 AUDIO_FOLDER = "tones"  # clips go to tones/<paradigm>/: the audio and image paradigm names overlap (next-scale)
 VIDEO_FOLDER = "video"  # and video/<paradigm>/ (next-token is an image paradigm too), with video/grid-<paradigm>.gif
 VIDEO_FPS = 8  # what `mmgen generate` writes GIFs with: 9 frames of moving shapes play for about a second
 VIDEO_GRID_ROWS = 12  # 84 prompts: 12 rows of 7 clips (times samples_per_prompt)
+SHAPE_FOLDER = "shapes"  # meshes and previews go to shapes/<paradigm>/, with shapes/grid-<paradigm>.png
 SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32 and tones configs evaluate with
 VIDEO_SAMPLING = {"guidance_scale": 2.0, "temperature": 0.7}  # what configs/moving_shapes/next-token.yaml evaluates with
+SHAPE_SAMPLING = {"guidance_scale": 2.0, "temperature": 1.0}  # what configs/primitives/*.yaml evaluate with
 SPECTROGRAM = {"n_fft": 1024, "hop_length": 128, "n_mels": 64}
 SPECTROGRAM_RANGE_DB = 80.0  # shown below each clip's peak; quieter is black
 
@@ -79,14 +111,17 @@ SPECTROGRAM_RANGE_DB = 80.0  # shown below each clip's peak; quieter is black
 def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("mmgen-demo"), samples_per_prompt: int = 1,
              seed: int = 0, overwrite: bool = False, paradigms: list[str] | None = None,
              audio_checkpoints: Path | None = AUDIO_CHECKPOINTS, audio_paradigms: list[str] | None = None,
-             video_checkpoints: Path | None = VIDEO_CHECKPOINTS, video_paradigms: list[str] | None = None) -> dict[str, Any]:
+             video_checkpoints: Path | None = VIDEO_CHECKPOINTS, video_paradigms: list[str] | None = None,
+             shape_checkpoints: Path | None = SHAPE_CHECKPOINTS, shape_paradigms: list[str] | None = None) -> dict[str, Any]:
     """Generate every shapes prompt per image paradigm, then every tones prompt per audio paradigm, then every
-    moving-shapes prompt per video paradigm, ``samples_per_prompt`` times each; returns the manifest.
+    moving-shapes prompt per video paradigm, then every primitives prompt per 3D paradigm, ``samples_per_prompt``
+    times each; returns the manifest.
 
     ``audio_checkpoints=None`` leaves audio out. With ``audio_paradigms=None`` the audio paradigms whose
     folder is absent are skipped (the manifest's ``audio.skipped`` says why), since the tones pipelines may
-    not be shipped yet; ones named in ``audio_paradigms`` must exist, like the image ones. Video likewise:
-    ``video_checkpoints``, ``video_paradigms``, ``video.skipped``.
+    not be shipped yet; ones named in ``audio_paradigms`` must exist, like the image ones. Video and 3D shapes
+    likewise: ``video_checkpoints``, ``video_paradigms``, ``video.skipped``; ``shape_checkpoints``,
+    ``shape_paradigms``, ``shapes.skipped``.
     """
     import pipelines
 
@@ -101,6 +136,8 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
     audio_chosen, skipped = _optional_plan("audio", audio_checkpoints, audio_paradigms, AUDIO_PARADIGMS, configs="tones")
     video_chosen, video_skipped = _optional_plan("video", video_checkpoints, video_paradigms, VIDEO_PARADIGMS,
                                                  configs="moving_shapes")
+    shape_chosen, shape_skipped = _optional_plan("shape", shape_checkpoints, shape_paradigms, SHAPE_PARADIGMS,
+                                                 configs="primitives")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     out_dir = Path(out_dir)
@@ -117,7 +154,8 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
                                 "checkpoints": str(checkpoints), "samples_per_prompt": samples_per_prompt,
                                 "sampling": SAMPLING, "seed": seed, "samples": [], "paradigms": {},
                                 "audio": {"samples": [], "paradigms": {}, "skipped": skipped},
-                                "video": {"samples": [], "paradigms": {}, "skipped": video_skipped, "sampling": VIDEO_SAMPLING}}
+                                "video": {"samples": [], "paradigms": {}, "skipped": video_skipped, "sampling": VIDEO_SAMPLING},
+                                "shapes": {"samples": [], "paradigms": {}, "skipped": shape_skipped, "sampling": SHAPE_SAMPLING}}
     for paradigm in chosen:
         pipe = _load(getattr(pipelines, PARADIGMS[paradigm]), Path(checkpoints) / paradigm)
         manifest["paradigms"][paradigm] = _run_paradigm(pipe, paradigm, prompts, samples_per_prompt, seed, out_dir, manifest)
@@ -131,6 +169,11 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
         pipe = _load(getattr(pipelines, VIDEO_PARADIGMS[paradigm]), Path(video_checkpoints) / paradigm)
         manifest["video"]["paradigms"][paradigm] = _run_video_paradigm(pipe, paradigm, video_prompts, samples_per_prompt,
                                                                        seed, out_dir, manifest["video"]["samples"])
+    shape_prompts = [shape3d_caption(c) for c in range(NUM_SHAPE3D_CLASSES)]
+    for paradigm in shape_chosen:
+        pipe = _load(getattr(pipelines, SHAPE_PARADIGMS[paradigm]), Path(shape_checkpoints) / paradigm)
+        manifest["shapes"]["paradigms"][paradigm] = _run_shape_paradigm(pipe, paradigm, shape_prompts, samples_per_prompt,
+                                                                        seed, out_dir, manifest["shapes"]["samples"])
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out_dir / "index.html").write_text(_html(manifest), encoding="utf-8")
     return manifest
@@ -138,7 +181,7 @@ def run_demo(*, checkpoints: Path = DEFAULT_CHECKPOINTS, out_dir: Path = Path("m
 
 def _optional_plan(kind: str, root: Path | None, named: list[str] | None, known: dict[str, str], *,
                    configs: str) -> tuple[list[str], dict[str, str]]:
-    """The ``kind`` ("audio", "video") paradigms to run and the skipped ones with why; checked before anything is
+    """The ``kind`` ("audio", "video", "shape") paradigms to run and the skipped ones with why; checked before anything is
     generated or deleted. Absent folders are skipped unless ``named`` asks for them; ``configs`` trains them."""
     if root is None:
         if named:
@@ -162,11 +205,12 @@ def _load(cls: type, folder: Path) -> Any:
     return pipe
 
 
-def _generate(pipe: Any, prompts: list[str], repeat: int, seed: int, sampling: dict[str, float] = SAMPLING) -> tuple[Any, list[int], float]:
+def _generate(pipe: Any, prompts: list[str], repeat: int, seed: int, sampling: dict[str, float] = SAMPLING,
+              output_type: str = "pt") -> tuple[Any, list[int], float]:
     """Every prompt ``repeat`` times as one batch, sample i seeded with ``seed + i``: the output, the seeds, the seconds."""
     seeds = [seed + i for i in range(len(prompts) * repeat)]
     start = time.perf_counter()
-    out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type="pt",
+    out = pipe(prompt=prompts, num_samples_per_prompt=repeat, output_type=output_type,
                generator=[torch.Generator().manual_seed(s) for s in seeds], **sampling)
     return out, seeds, time.perf_counter() - start
 
@@ -180,7 +224,7 @@ def _info(pipe: Any, description: str, seeds: list[int], seconds: float, right: 
     """A paradigm's manifest entry: what it is, what a sample costs, how many it made, how fast and how well."""
     return {"pipeline": type(pipe).__name__, "description": description, **_cost(pipe), **extra,
             "num_samples": len(seeds), "seconds": seconds, "seconds_per_sample": seconds / len(seeds),
-            "prompt_adherence": right / len(seeds)}
+            "num_right": right, "prompt_adherence": right / len(seeds)}
 
 
 def _run_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
@@ -253,6 +297,38 @@ def _run_video_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
     return _info(pipe, VIDEO_DESCRIPTIONS[paradigm], seeds, seconds, right, num_frames=videos.shape[1], fps=VIDEO_FPS)
 
 
+def _run_shape_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: int, seed: int, out_dir: Path,
+                        samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One PLY mesh and PNG preview per shape and a grid of the previews, one column per prompt.
+
+    The mesh is taken from the very occupancy the judge reads (marching cubes at 0.5), so what a reader
+    downloads is what was judged.
+    """
+    from .training.evaluation import save_grid
+
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed, SHAPE_SAMPLING, output_type="voxels")
+    voxels_BRRR = out.shapes  # bool
+    judged = judge_primitives(torch.from_numpy(voxels_BRRR))
+    (out_dir / SHAPE_FOLDER / paradigm).mkdir(parents=True)
+    right, previews = 0, []
+    for i, (grid_RRR, primitive) in enumerate(zip(voxels_BRRR, judged)):
+        class_id, prompt = i // repeat, prompts[i // repeat]
+        ok = primitive == PRIMITIVES[class_id]
+        right += ok
+        stem = f"{SHAPE_FOLDER}/{paradigm}/{_stem(i, prompt, seeds[i])}"
+        mesh = occupancy_to_mesh(grid_RRR)
+        write_mesh(out_dir / f"{stem}.ply", mesh)
+        preview = render_preview(mesh)
+        write_atomically(out_dir / f"{stem}.png", lambda tmp, preview=preview: preview.save(tmp, format="PNG"))
+        previews.append(torch.from_numpy(np.array(preview)).permute(2, 0, 1).float() / 127.5 - 1)
+        samples.append({"file": f"{stem}.ply", "preview": f"{stem}.png", "paradigm": paradigm, "prompt": prompt,
+                        "class_id": class_id, "seed": seeds[i], "seconds": seconds / len(seeds),
+                        "judged": {"primitive": None if primitive == "none" else primitive}, "right": bool(ok)})
+    by_column = torch.stack(previews).unflatten(0, (len(prompts), repeat)).transpose(0, 1).flatten(0, 1)
+    save_grid(by_column, out_dir / SHAPE_FOLDER / f"grid-{paradigm}.png", rows=repeat)
+    return _info(pipe, SHAPE_DESCRIPTIONS[paradigm], seeds, seconds, right, resolution=voxels_BRRR.shape[1])
+
+
 def _cost(pipe: Any) -> dict[str, Any]:
     """What one sample takes, read off the program the pipeline generates with rather than assumed per paradigm.
 
@@ -286,7 +362,8 @@ STYLE = (
     ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:104px;padding:4px;background:#fff;font-size:12px;"
     "border:3px solid #2e9d4f;border-radius:6px}figure.miss{border-color:#d0453b}figure img{display:block;margin:0 auto 2px;"
     "width:96px;height:96px;image-rendering:pixelated;background:#000}figure.audio{width:168px}.audio img{width:160px;height:64px}"
-    ".audio audio{width:160px;height:28px}.verdict{display:block}.ok b{color:#2e9d4f}.miss b{color:#d0453b}"
+    ".audio audio{width:160px;height:28px}figure.shape{width:136px}.shape img{width:128px;height:128px;"
+    "image-rendering:auto;background:none}.verdict{display:block}.ok b{color:#2e9d4f}.miss b{color:#d0453b}"
 )
 
 
@@ -301,6 +378,7 @@ def _html(manifest: dict[str, Any]) -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">"
             f"<title>mmgen {html.escape(manifest['mmgen_version'])} demo</title><style>{STYLE}</style></head><body><main>"
             + _header(manifest) + _summary(manifest) + images + _audio_html(manifest["audio"]) + _video_html(manifest["video"])
+            + _shapes_html(manifest["shapes"])
             + '<footer><p>Everything on this page, machine-readable: <a href="manifest.json">manifest.json</a>.</p></footer>'
             "</main></body></html>\n")
 
@@ -308,10 +386,12 @@ def _html(manifest: dict[str, Any]) -> str:
 def _header(manifest: dict[str, Any]) -> str:
     """What the page shows and how it was made, in words: a reader should not need the manifest to follow it."""
     made = datetime.fromisoformat(manifest["created"])
-    infos = [*manifest["paradigms"].values(), *manifest["audio"]["paradigms"].values(), *manifest["video"]["paradigms"].values()]
+    infos = [*manifest["paradigms"].values(), *manifest["audio"]["paradigms"].values(), *manifest["video"]["paradigms"].values(),
+             *manifest["shapes"]["paradigms"].values()]
     devices = ", ".join(sorted({info["device"] for info in infos})) or "no device"
     ran = [f"every {name} prompt" for name, paradigms in (("shapes", manifest["paradigms"]), ("tones", manifest["audio"]["paradigms"]),
-                                                           ("moving-shapes", manifest["video"]["paradigms"])) if paradigms]
+                                                           ("moving-shapes", manifest["video"]["paradigms"]),
+                                                           ("3D primitives", manifest["shapes"]["paradigms"])) if paradigms]
     prompts = " and ".join([", ".join(ran[:-1]), ran[-1]] if len(ran) > 2 else ran)
     n, sampling = manifest["samples_per_prompt"], manifest["sampling"]
     return (f"<header><h1>mmgen demo</h1><p class=lead>Autoregressive generation with mmgen "
@@ -323,10 +403,11 @@ def _header(manifest: dict[str, Any]) -> str:
 
 
 def _summary(manifest: dict[str, Any]) -> str:
-    """One row per paradigm, images, audio, then video: the figures a reader compares first, each linked to its samples."""
+    """One row per paradigm, images, audio, video, then 3D shapes: the figures a reader compares first, each linked to its samples."""
     rows = [*(("image", p, info) for p, info in manifest["paradigms"].items()),
             *(("audio", p, info) for p, info in manifest["audio"]["paradigms"].items()),
-            *(("video", p, info) for p, info in manifest["video"]["paradigms"].items())]
+            *(("video", p, info) for p, info in manifest["video"]["paradigms"].items()),
+            *(("shape", p, info) for p, info in manifest["shapes"]["paradigms"].items())]
     body = "".join(
         f'<tr><th scope=row><a href="#{kind}-{html.escape(p)}">{html.escape(p)}</a></th><td>{kind}</td>'
         f'<td>{html.escape(info["description"])}<small>{_positions_in_words(info)}; '
@@ -351,19 +432,18 @@ def _positions_in_words(info: dict[str, Any]) -> str:
 
 def _section(kind: str, paradigm: str, info: dict[str, Any], samples: list[dict[str, Any]]) -> str:
     """A paradigm's samples after a line on how it generates them and how well they follow their prompts."""
-    right = sum(s["right"] for s in samples)
     how = info["description"][:1].upper() + info["description"][1:]
     batch = f"one batch of {info['num_samples']} in {info['seconds']:.2f} s"
     figures = "".join(_figure(kind, s, batch) for s in samples)
     return (f'<section id="{kind}-{html.escape(paradigm)}"><h3>{html.escape(paradigm)} <small>'
             f'{html.escape(info["pipeline"])}</small></h3><p>{html.escape(how)}: {info["gpt_forwards_per_sample"]} GPT '
-            f'forwards per sample. Prompt adherence {info["prompt_adherence"]:.0%} ({right} of {len(samples)}), '
+            f'forwards per sample. Prompt adherence {info["prompt_adherence"]:.0%} ({info["num_right"]} of {len(samples)}), '
             f'{info["seconds_per_sample"] * 1000:.0f} ms per sample.</p><div class=grid>{figures}</div></section>')
 
 
 def _figure(kind: str, sample: dict[str, Any], batch: str) -> str:
-    """One sample: its media (an image or animated GIF; a spectrogram above a player), the prompt, the verdict; seed and
-    time on hover.
+    """One sample: its media (an image or animated GIF; a spectrogram above a player; a 3D shape's preview, a link to
+    download its mesh), the prompt, the verdict; seed and time on hover.
 
     A paradigm's samples are generated as one ``batch``, so a sample's time is the batch's divided by its size.
     """
@@ -371,6 +451,9 @@ def _figure(kind: str, sample: dict[str, Any], batch: str) -> str:
     if kind == "audio":
         media = (f'<img src="{html.escape(sample["spectrogram"])}" alt="spectrogram of {prompt}">'
                  f'<audio controls preload=none src="{html.escape(sample["file"])}"></audio>')
+    elif kind == "shape":
+        media = (f'<a href="{html.escape(sample["file"])}" download><img src="{html.escape(sample["preview"])}" '
+                 f'alt="preview of {prompt}"></a>')
     else:
         media = f'<img src="{html.escape(sample["file"])}" alt="{prompt}">'
     verdict = "✓ right" if sample["right"] else "✗ wrong"
@@ -403,8 +486,19 @@ def _video_html(video: dict[str, Any]) -> str:
                           "colour and direction of motion, red when it does not; hover for seed and generation time.</p>")
 
 
+def _shapes_html(shapes: dict[str, Any]) -> str:
+    """The 3D primitives section; nothing when 3D shapes were left out."""
+    sampling = shapes["sampling"]
+    return _optional_html("shape", shapes, "<h2>3D shapes: primitives prompts</h2><p>Each shape's preview (the mesh "
+                          "marching cubes makes of its occupancy, shaded, seen from the front right and above); click it to "
+                          "download the mesh (PLY). Sampled with classifier-free guidance scale "
+                          f"{sampling['guidance_scale']:g}, temperature {sampling['temperature']:g}. The frame is green when "
+                          "the judge (<code>mmgen.metrics.judge_primitives</code>, on the occupancy) reads the prompt's "
+                          "primitive, red when it does not; hover for seed and generation time.</p>")
+
+
 def _optional_html(kind: str, part: dict[str, Any], intro: str) -> str:
-    """A section that may be absent (audio, video): ``intro``, per paradigm its samples, then the paradigms skipped and
+    """A section that may be absent (audio, video, 3D shapes): ``intro``, per paradigm its samples, then the paradigms skipped and
     why; nothing when the modality was left out."""
     if not part["paradigms"] and not part["skipped"]:
         return ""

@@ -95,7 +95,14 @@ def build_pipeline(cfg: TrainConfig) -> Any:
     """A fresh generator pipeline: the trained tokenizer (frozen), a new conditioner, GPT and head."""
     import pipelines
 
-    tokenizer = load_tokenizer(cfg.tokenizer).eval().requires_grad_(False)
+    if isinstance(cfg.tokenizer, dict):
+        tokenizer = build_tokenizer(cfg.tokenizer)
+        if tokenizer.has_weights:
+            raise ValueError(f"tokenizer: {type(tokenizer).__name__} has weights to learn; train it first (kind: tokenizer) "
+                             "and name its folder here")
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = tokenizer.eval().requires_grad_(False)
     conditioner = build_conditioner(cfg, dim=cfg.gpt.get("dim", GPTConfig.dim))
     options = dict(cfg.pipeline_args)
     captions = class_captions(cfg.data.dataset)

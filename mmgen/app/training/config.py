@@ -22,7 +22,7 @@ __all__ = ["DataConfig", "OptimConfig", "EvalConfig", "CheckpointConfig", "Train
 KINDS = ("tokenizer", "generator")
 PIPELINES = ("NextTokenPipeline", "NextScalePipeline", "NextXPipeline")
 CONDITIONS = ("class", "text", "text_encoder")
-DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder", "moving_shapes", "video_folder")
+DATASETS = ("shapes", "folder", "hf", "tones", "audio_folder", "moving_shapes", "video_folder", "primitives", "mesh_folder")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 PATH_KEYS = ("tokenizer", "data.tokens")  # relative to the config file when written in it
@@ -36,12 +36,15 @@ class DataConfig:
     dataset, at ``image_size``. Audio: built-in ``tones`` or an ``audio_folder`` of WAV/FLAC files, as clips of
     ``clip_seconds`` at ``sample_rate``; ``detune`` (tones only) moves each clip's root by up to that many
     semitones, so a codec learns every pitch and not only the seven roots. Video: built-in ``moving_shapes`` or
-    a ``video_folder`` of MP4/GIF files, as clips of ``num_frames`` frames of ``image_size``.
+    a ``video_folder`` of MP4/GIF files, as clips of ``num_frames`` frames of ``image_size``. 3D shapes: built-in
+    ``primitives`` or a ``mesh_folder`` of OBJ/PLY/GLB/STL files, as occupancy grids of side ``resolution``.
 
     ``num_items`` caps how many are used (shapes, tones: how many are rendered); ``tokens`` names a folder written
     by ``mmgen tokenize`` that generator training reads instead of encoding the images itself.
     ``num_workers`` processes prepare the batches of the coming steps (0: the training process does); the
-    batch of a step is the same either way.
+    batch of a step is the same either way. ``group_by_length`` (generators over sequences of their own lengths,
+    octrees): a step draws that many batches' worth of random items and keeps one batch of similar lengths, so
+    rows are padded less (0: off).
     """
 
     dataset: str = "shapes"
@@ -53,9 +56,11 @@ class DataConfig:
     clip_seconds: float = 1.0
     detune: float = 0.0
     num_frames: int = 9
+    resolution: int = 32
     num_items: int = 16384
     seed: int = 0
     num_workers: int = 0
+    group_by_length: int = 0
     tokens: str | None = None
 
 
@@ -148,20 +153,24 @@ class TrainConfig:
         if self.kind == "generator":
             _choice("pipeline", self.pipeline, PIPELINES)
             _choice("condition", self.condition, CONDITIONS)
-            if not isinstance(self.tokenizer, str):
-                raise ValueError("tokenizer: a generator config names the folder of a trained tokenizer (a string)")
+            if not isinstance(self.tokenizer, str) and not (isinstance(self.tokenizer, dict) and "class" in self.tokenizer):
+                raise ValueError("tokenizer: a generator config names the folder of a trained tokenizer (a string), or "
+                                 "the preset of one with nothing to learn (a mapping with 'class', e.g. OctreeTokenizer)")
         elif not isinstance(self.tokenizer, dict) or "class" not in self.tokenizer:
             raise ValueError("tokenizer: a tokenizer config is a mapping with a 'class' key and the config fields")
         elif self.tokenizer.get("image_size", self.data.image_size) != self.data.image_size:
             raise ValueError(f"tokenizer.image_size={self.tokenizer['image_size']!r} differs from data.image_size="
                              f"{self.data.image_size}: a tokenizer learns and decodes the grid of its own image size")
-        for name in ("data.sample_rate", "data.image_size", "data.num_frames", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
+        if isinstance(self.tokenizer, dict) and self.tokenizer.get("resolution", self.data.resolution) != self.data.resolution:
+            raise ValueError(f"tokenizer.resolution={self.tokenizer['resolution']!r} differs from data.resolution="
+                             f"{self.data.resolution}: a shape tokenizer reads grids of its own resolution")
+        for name in ("data.sample_rate", "data.image_size", "data.num_frames", "data.resolution", "data.num_items", "optim.steps", "optim.batch_size", "optim.grad_accum_steps", "log_every", "eval.samples_per_class",
                      "eval.batch_size", "checkpoint.keep"):
             value = _lookup(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         for name in ("optim.warmup_steps", "optim.grad_clip", "optim.weight_decay", "eval.every", "checkpoint.every",
-                     "data.num_workers"):
+                     "data.num_workers", "data.group_by_length"):
             value = _lookup(self, name)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")

@@ -1,7 +1,7 @@
-"""Training data: image, audio and video sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
+"""Training data: image, audio, video and 3D shape sources behind one ``batch(indices)`` interface, and pre-extracted token shards.
 
-A source's ``modality`` ("image", "audio", "video") names the key its batches hold the samples under; labelled
-built-in sets (shapes, tones, moving shapes) also give their class count and captions (:func:`class_captions`).
+A source's ``modality`` ("image", "audio", "video", "shape") names the key its batches hold the samples under; labelled
+built-in sets (shapes, tones, moving shapes, primitives) also give their class count and captions (:func:`class_captions`).
 
 Every step's batch is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a resumed run sees
 exactly the data an uninterrupted one would, and each process of a multi-process run takes its own
@@ -25,15 +25,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmgen.data import (
     NUM_CLASSES,
+    NUM_SHAPE3D_CLASSES,
     NUM_TONE_CLASSES,
     NUM_VIDEO_CLASSES,
     AudioFolder,
     ImageFolder,
+    MeshFolder,
     MovingShapesDataset,
+    PrimitivesDataset,
     ShapesDataset,
     TonesDataset,
     VideoFolder,
     caption,
+    shape3d_caption,
     tone_caption,
     video_caption,
 )
@@ -41,7 +45,7 @@ from mmgen.files import write_atomically
 
 from .config import DataConfig
 
-__all__ = ["build_source", "class_captions", "batch_indices", "step_seed", "TokenSource", "StepBatches", "step_batches", "HFImageSource",
+__all__ = ["build_source", "class_captions", "batch_indices", "length_grouped_indices", "step_seed", "TokenSource", "StepBatches", "step_batches", "HFImageSource",
            "save_token_shards", "load_token_shards"]
 
 SHARD_INDEX = "tokens.json"
@@ -94,10 +98,14 @@ def build_source(cfg: DataConfig) -> Any:
         raise ValueError(f"data.detune applies to the built-in tones only, not to data.dataset: {cfg.dataset}")
     if cfg.dataset == "moving_shapes":
         return MovingShapesDataset(size=cfg.image_size, num_frames=cfg.num_frames, length=cfg.num_items, split="train", seed=cfg.seed)
+    if cfg.dataset == "primitives":
+        return PrimitivesDataset(split="train", size=cfg.num_items, resolution=cfg.resolution, seed=cfg.seed)
     if cfg.path is None:
         raise ValueError(f"data.path is required for data.dataset: {cfg.dataset}")
     if cfg.dataset == "folder":
         return ImageFolder(cfg.path, size=cfg.image_size)
+    if cfg.dataset == "mesh_folder":
+        return MeshFolder(cfg.path, resolution=cfg.resolution)
     if cfg.dataset == "video_folder":
         return VideoFolder(cfg.path, size=cfg.image_size, num_frames=cfg.num_frames)
     if cfg.dataset == "audio_folder":
@@ -113,6 +121,8 @@ def class_captions(dataset: str) -> list[str] | None:
         return [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
     if dataset == "moving_shapes":
         return [video_caption(c) for c in range(NUM_VIDEO_CLASSES)]
+    if dataset == "primitives":
+        return [shape3d_caption(c) for c in range(NUM_SHAPE3D_CLASSES)]
     return None
 
 
@@ -123,6 +133,18 @@ def batch_indices(*, seed: int, step: int, batch_size: int, num_items: int, rank
         chosen = torch.randperm(num_items, generator=generator)[:batch_size]
     else:
         chosen = torch.randint(0, num_items, (batch_size,), generator=generator)
+    return chosen[rank::world_size]
+
+
+def length_grouped_indices(*, seed: int, step: int, batch_size: int, lengths: torch.Tensor, pool: int, rank: int = 0,
+                           world_size: int = 1) -> torch.Tensor:
+    """Like :func:`batch_indices`, for sequences of their own lengths (octrees): ``pool`` batches' worth of random items
+    sorted by length, of which one batch (a random one) is kept, so a step pads its rows to a length near their own."""
+    candidates = batch_indices(seed=seed, step=step, batch_size=pool * batch_size, num_items=lengths.shape[0])
+    ordered = candidates[torch.argsort(lengths[candidates], stable=True)]
+    chunks = ordered.split(batch_size)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+    chosen = chunks[int(torch.randint(0, len(chunks), (1,), generator=generator))]
     return chosen[rank::world_size]
 
 
@@ -137,12 +159,15 @@ def step_seed(seed: int, step: int, rank: int = 0, *, stream: str = "") -> int:
 
 
 class TokenSource:
-    """Pre-extracted tokens and their class labels in memory, behind the ``batch(indices)`` of the image sources."""
+    """Pre-extracted tokens and their class labels in memory, behind the ``batch(indices)`` of the image sources.
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
+    ``lengths`` (optional, ``[N]``): each sequence's own length where they differ (octrees), for length grouping.
+    """
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
         if tokens.shape[0] != labels.shape[0]:
             raise ValueError(f"tokens hold {tokens.shape[0]} items but labels {labels.shape[0]}")
-        self.tokens, self.labels = tokens, labels
+        self.tokens, self.labels, self.lengths = tokens, labels, lengths
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -160,12 +185,15 @@ class StepBatches(Dataset):
     """
 
     def __init__(self, source: Any, *, fields: Sequence[str], seed: int, batch_size: int, num_steps: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, group_by_length: int = 0) -> None:
         if len(source) == 0:
             raise ValueError("the training data is empty")
+        if group_by_length > 1 and getattr(source, "lengths", None) is None:
+            raise ValueError("data.group_by_length groups sequences of their own lengths (octrees); this pipeline's "
+                             "sequences all have one length, so leave it at 0")
         self.source, self.fields = source, tuple(fields)
         self.seed, self.batch_size, self.num_steps = seed, batch_size, num_steps
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.group_by_length = rank, world_size, group_by_length
 
     def __len__(self) -> int:
         return self.num_steps
@@ -173,8 +201,12 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> tuple[Any, ...]:
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} is outside [0, {self.num_steps})")
-        idx = batch_indices(seed=self.seed, step=step, batch_size=self.batch_size, num_items=len(self.source),
-                            rank=self.rank, world_size=self.world_size)
+        if self.group_by_length > 1:
+            idx = length_grouped_indices(seed=self.seed, step=step, batch_size=self.batch_size, lengths=self.source.lengths,
+                                         pool=self.group_by_length, rank=self.rank, world_size=self.world_size)
+        else:
+            idx = batch_indices(seed=self.seed, step=step, batch_size=self.batch_size, num_items=len(self.source),
+                                rank=self.rank, world_size=self.world_size)
         batch = self.source.batch(idx.tolist())
         return tuple(batch[name] for name in self.fields)
 

@@ -4,7 +4,8 @@ Image tokenizers: PSNR / SSIM on held-out shapes and photo crops. Audio codecs: 
 distance on held-out tones and on espeak-ng speech (out of domain), per codebook count where the codec
 encodes at several bitrates, and how often the tones judge still reads the class of a reconstruction.
 Video tokenizers: PSNR per frame position on held-out moving shapes, and on held-out shapes as 1-frame videos.
-Generators: adherence on the classes of the built-in set they learnt (shapes, tones or moving shapes).
+Shape tokenizers: volume IoU, Chamfer distance and F-score on held-out primitives, tokens and bytes per shape.
+Generators: adherence on the classes of the built-in set they learnt (shapes, tones, moving shapes or primitives).
 """
 
 from __future__ import annotations
@@ -16,25 +17,31 @@ from typing import Any
 
 import torch
 
-from mmgen.data import MovingShapesDataset, PhotoCrops, ShapesDataset, SpeechClips, TonesDataset
+from mmgen.data import MovingShapesDataset, PhotoCrops, PrimitivesDataset, ShapesDataset, SpeechClips, TonesDataset
 from mmgen.metrics import (
+    chamfer_distance,
     codebook_usage,
+    f_score,
     codebook_usage_per_level,
     mel_distance,
     prompt_adherence,
     psnr,
+    shape3d_adherence,
     si_sdr,
     ssim,
+    surface_points_from_voxels,
     stft_distance,
     tone_adherence,
     video_adherence,
+    volume_iou,
 )
 from mmgen.sampling import GuidanceSchedule
 
 from .config import TrainConfig
 
 __all__ = ["evaluate_tokenizer", "evaluate_generator", "reconstruction_metrics", "audio_reconstruction_metrics",
-           "video_reconstruction_metrics", "save_grid", "save_video_grid", "write_wavs"]
+           "video_reconstruction_metrics", "shape_reconstruction_metrics", "save_grid", "save_video_grid", "save_shape_grid",
+           "write_wavs"]
 
 SPEECH_CLIPS = 24  # espeak-ng clips in the out-of-domain check (about 1 s of rendering each batch of 12)
 WAVS_PER_RUN = 28  # generated clips written as WAV files next to eval.json (one per tones class)
@@ -199,13 +206,60 @@ def _evaluate_video_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[st
                                          "judged_right": prompt_adherence(rec, images["class_id"])}}
 
 
+SHAPE_POINTS = 2048  # surface points per shape for Chamfer distance and F-score
+
+
+@torch.no_grad()
+def shape_reconstruction_metrics(tok: torch.nn.Module, shapes_BRRR: torch.Tensor, points_BN3: torch.Tensor, *,
+                                 class_ids: torch.Tensor | None = None, batch_size: int = 32) -> dict[str, float]:
+    """Volume IoU of ``decode(encode(shapes))`` (cut at 0.5), Chamfer distance and F-score of its voxel surface against
+    the shapes' own surface points, tokens and bytes per shape, and the share the primitives judge still reads right."""
+    was_training = tok.training
+    tok.eval()
+    try:
+        rec, ids = _reconstruct(tok, shapes_BRRR, batch_size=batch_size)
+    finally:
+        tok.train(was_training)
+    rec = rec > 0.5
+    generator = torch.Generator().manual_seed(0)
+    chamfer, fscore = [], []
+    for shape, points in zip(rec, points_BN3):
+        if not bool(shape.any()):  # nothing reconstructed: the worst scores, not a crash
+            chamfer.append(float("inf"))
+            fscore.append(0.0)
+            continue
+        surface = surface_points_from_voxels(shape[None].float(), SHAPE_POINTS, generator=generator)
+        chamfer.append(float(chamfer_distance(surface, points[None].float())))
+        fscore.append(float(f_score(surface, points[None].float())))
+    spec = tok.token_spec()
+    # an octree's length is its own (data never holds the padding id 0); a fixed pyramid has its positions
+    tokens = sum(int((t != 0).sum()) for t in ids) / rec.shape[0] if spec.octree_depth else float(spec.num_positions)
+    vocab = spec.content.codebook_sizes[0]
+    results = {"iou": float(volume_iou(rec, shapes_BRRR > 0.5).mean()), "chamfer": sum(chamfer) / len(chamfer),
+               "f_score": sum(fscore) / len(fscore), "tokens_per_shape": tokens, "bytes_per_shape": tokens * math.log2(vocab) / 8}
+    if class_ids is not None:
+        results["judged_right"] = shape3d_adherence(rec.float(), class_ids)
+    return results
+
+
+def _evaluate_shape_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Held-out primitives at the tokenizer's resolution."""
+    n = cfg.eval.num_items
+    heldout = PrimitivesDataset(split="heldout", size=n, resolution=cfg.data.resolution, seed=cfg.seed).batch(range(n))
+    device = next(iter(tok.parameters()), torch.empty(0)).device
+    return {"primitives_heldout": shape_reconstruction_metrics(tok, heldout["shape"].to(device), heldout["points"],
+                                                               class_ids=heldout["class_id"])}
+
+
 def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     """Images: reconstruction on held-out shapes and on crops of scikit-image's photos. Audio: see
-    :func:`_evaluate_codec`. Video: see :func:`_evaluate_video_tokenizer`."""
+    :func:`_evaluate_codec`. Video: see :func:`_evaluate_video_tokenizer`. 3D: :func:`_evaluate_shape_tokenizer`."""
     if tok.modality == "audio":
         return _evaluate_codec(tok, cfg)
     if tok.modality == "video":
         return _evaluate_video_tokenizer(tok, cfg)
+    if tok.modality == "shape":
+        return _evaluate_shape_tokenizer(tok, cfg)
     n, size = cfg.eval.num_items, cfg.data.image_size
     heldout = ShapesDataset(size=size, length=n, split="heldout", seed=cfg.seed).batch(range(n))
     device = next(tok.parameters()).device
@@ -233,10 +287,12 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
                               "temperature": ev.temperature, "top_k": ev.top_k, "top_p": ev.top_p, "min_p": ev.min_p}
     if ev.num_flow_steps is not None:
         kwargs["num_flow_steps"] = ev.num_flow_steps
-    if cfg.data.dataset not in ("shapes", "tones", "moving_shapes"):
+    if cfg.data.dataset not in ("shapes", "tones", "moving_shapes", "primitives"):
         return {}
     if cfg.data.dataset == "moving_shapes":
         return _evaluate_video_generator(pipe, cfg, kwargs, out_dir=out_dir)
+    if cfg.data.dataset == "primitives":
+        return _evaluate_shape_generator(pipe, cfg, kwargs, out_dir=out_dir)
     result = generation_quality(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
     if cfg.data.dataset == "tones":
         audios, rate = result.pop("audios"), result.pop("sample_rate")
@@ -278,6 +334,37 @@ def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any
             save_video_grid(long.pop("videos"), Path(out_dir) / "long_videos.gif", rows=12)
         result["long_video"] = {name: value for name, value in long.items() if name != "videos"}
     return result
+
+
+def _evaluate_shape_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any], *, out_dir: Path | None) -> dict[str, Any]:
+    """Primitives: adherence over every class judged on the decoded occupancy, the share of closed meshes, and the
+    first samples of each class as shaded previews in one PNG grid in ``out_dir``."""
+    from pipelines.evaluate import primitives_adherence
+
+    ev = cfg.eval
+    result = primitives_adherence(pipe, samples_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
+    voxels = result.pop("voxels")
+    if out_dir is not None:
+        save_shape_grid(voxels, Path(out_dir) / "samples.png", per_class=ev.samples_per_class)
+    return result
+
+
+def save_shape_grid(voxels_NRRR: torch.Tensor, path: Path, *, per_class: int, columns: int = 8, size: int = 96) -> None:
+    """Shaded previews of the first ``columns`` samples of each class (``per_class`` consecutive samples), a row per class."""
+    import PIL.Image
+
+    from mmgen.meshes import render_preview
+
+    rows = math.ceil(voxels_NRRR.shape[0] / per_class)
+    cols = min(columns, per_class)
+    canvas = PIL.Image.new("RGB", (cols * size, rows * size), "white")
+    for r in range(rows):
+        for c in range(cols):
+            i = r * per_class + c
+            if i < voxels_NRRR.shape[0]:
+                canvas.paste(render_preview(voxels_NRRR[i].float(), size=size), (c * size, r * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 def save_video_grid(videos_NTCHW: torch.Tensor, path: Path, *, rows: int, frame_ms: int = 125) -> None:

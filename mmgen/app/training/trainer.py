@@ -167,7 +167,8 @@ class Trainer:
             objective = _GeneratorObjective(self.pipe, condition=cfg.condition, cond_drop_prob=cfg.cond_drop_prob, captions=captions)
             source, fields = self._generator_tokens(data), ("tokens", "class_id")
         self.batches = StepBatches(source, fields=fields, seed=cfg.seed, batch_size=cfg.optim.batch_size,
-                                   num_steps=cfg.optim.steps, rank=acc.process_index, world_size=acc.num_processes)
+                                   num_steps=cfg.optim.steps, rank=acc.process_index, world_size=acc.num_processes,
+                                   group_by_length=cfg.data.group_by_length)
         params = [p for p in objective.parameters() if p.requires_grad]
         optim = cfg.optim
         optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
@@ -193,9 +194,10 @@ class Trainer:
             if "latent_mean" in meta:
                 self.pipe.head.latent_mean.copy_(torch.tensor(meta["latent_mean"]))
                 self.pipe.head.latent_std.copy_(torch.tensor(meta["latent_std"]))
-            return TokenSource(tokens, labels)
+            return TokenSource(tokens, labels, self.pipe.sequence_lengths(tokens))
         fit_latent_statistics(self.pipe, data)
-        return TokenSource(*encode_dataset(self.pipe, data, batch_size=256))
+        tokens, labels = encode_dataset(self.pipe, data, batch_size=256)
+        return TokenSource(tokens, labels, self.pipe.sequence_lengths(tokens))
 
     def _micro_batches(self, batch: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """This process's share of a step split into ``grad_accum_steps`` micro-batches, on the device."""
@@ -414,13 +416,14 @@ class Trainer:
 
     def _write_model_card(self, folder: Path, report: dict[str, Any]) -> None:
         """README.md beside the exported weights: config, data, training settings and the measured metrics."""
-        from mmgen.model_card import loading_code, write_model_card
+        from mmgen.model_card import TASK_TAGS, loading_code, write_model_card
 
         cfg = self.cfg
         name = type(self.model).__name__
         module = type(self.model).__module__.split(".")[0]  # pipelines, tokenizers_visual or tokenizers_audio
         audio = cfg.data.dataset in ("tones", "audio_folder")
         items = (f"clips of {cfg.data.clip_seconds:g} s at {cfg.data.sample_rate} Hz" if audio
+                 else f"occupancy grids of {cfg.data.resolution}^3" if cfg.data.dataset in ("primitives", "mesh_folder")
                  else f"images of {cfg.data.image_size}x{cfg.data.image_size}")
         data = (f"{cfg.data.dataset} ({cfg.data.num_items} {items}"
                 f"{', path ' + cfg.data.path if cfg.data.path else ''}; seed {cfg.data.seed})")
@@ -429,7 +432,9 @@ class Trainer:
                     "train_cpu_seconds": round(report["train_cpu_seconds"], 1), "parameters_trained": report["parameters"],
                     "export_dtype": cfg.export_dtype}
         metrics = {k: v for k, v in _flatten(report.get("eval", {})).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        write_model_card(folder, title=f"{name} trained with mmgen", config=dataclasses.asdict(cfg), data=data,
+        modality = getattr(getattr(self.model, "tokenizer", self.model), "modality", "image")
+        tag = f"{modality}-tokenizer" if cfg.kind == "tokenizer" else TASK_TAGS.get(modality, modality)
+        write_model_card(folder, title=f"{name} trained with mmgen", config=dataclasses.asdict(cfg), data=data, tags=[tag],
                          training=training, metrics=metrics, usage=loading_code(name, "path/to/this/folder", module=module),
                          reproduce=f"mmgen train {self.config_path}" if self.config_path else None, overwrite=True)
 
