@@ -24,6 +24,7 @@ from mmgen.app.demo import (
     DEFAULT_CHECKPOINTS,
     PARADIGMS,
     SHAPE_PARADIGMS,
+    SHAPE_SAMPLING,
     VIDEO_PARADIGMS,
     run_demo,
 )
@@ -397,7 +398,7 @@ def test_demo_writes_a_mesh_and_a_preview_per_shape_judged_for_its_primitive(tin
                         out_dir=out, samples_per_prompt=2, seed=3)
     shapes = manifest["shapes"]
     assert set(shapes["paradigms"]) == set(SHAPE_PARADIGMS) and shapes["skipped"] == {}
-    assert shapes["sampling"] == {"guidance_scale": 2.0, "temperature": 1.0}  # what configs/primitives/*.yaml evaluate with
+    assert shapes["sampling"]["octree-token"] == {"guidance_scale": 2.0, "temperature": 0.5}  # what its config evaluates with
     assert len(shapes["samples"]) == 3 * NUM_SHAPE3D_CLASSES * 2 and manifest["samples"] == [] and manifest["video"]["samples"] == []
     for paradigm, info in shapes["paradigms"].items():
         rows = [s for s in shapes["samples"] if s["paradigm"] == paradigm]
@@ -424,12 +425,12 @@ def test_demo_writes_a_mesh_and_a_preview_per_shape_judged_for_its_primitive(tin
         assert preview.mode == "RGB" and preview.size == (256, 256)
     pipe = NextScalePipeline.from_pretrained(str(tiny_shape_checkpoints / "octree-level"))  # the judge read what was generated
     pipe.set_progress_bar_config(disable=True)
-    again = pipe(prompt=SHAPE_NAMES[:1], generator=[torch.Generator().manual_seed(3)], output_type="voxels", **shapes["sampling"])
+    again = pipe(prompt=SHAPE_NAMES[:1], generator=[torch.Generator().manual_seed(3)], output_type="voxels", **shapes["sampling"]["octree-level"])
     assert judge_primitives(torch.from_numpy(again.shapes)) == [first["judged"]["primitive"] or "none"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     text = (out / "index.html").read_text(encoding="utf-8")
     assert all(f'<a href="{s["file"]}" download><img src="{s["preview"]}"' in text for s in shapes["samples"])
-    assert "every 3D primitives prompt" in text and "judge_primitives" in text and "guidance scale 2, temperature 1" in text
+    assert "every 3D primitives prompt" in text and "judge_primitives" in text and "octree-level 2 / 0.3" in text
     exact = {p: info for p, info in shapes["paradigms"].items() if p != "octree-token"}  # by token: a bound, the tree's own size
     _check_forwards(tiny_shape_checkpoints, SHAPE_PARADIGMS, exact)
     _check_page(out, manifest)
@@ -438,7 +439,7 @@ def test_demo_writes_a_mesh_and_a_preview_per_shape_judged_for_its_primitive(tin
 def test_absent_shapes_are_skipped_by_default_and_an_error_when_asked_for(tiny_shape_checkpoints, tmp_path, one_torch_thread):
     none = run_demo(paradigms=[], audio_checkpoints=None, video_checkpoints=None, shape_checkpoints=tmp_path / "nothing",
                     out_dir=tmp_path / "b")
-    assert none["shapes"] == {"samples": [], "paradigms": {}, "sampling": {"guidance_scale": 2.0, "temperature": 1.0},
+    assert none["shapes"] == {"samples": [], "paradigms": {}, "sampling": SHAPE_SAMPLING,
                               "skipped": {p: f"no pipeline in {tmp_path / 'nothing' / p}" for p in SHAPE_PARADIGMS}}
     assert "vat-next-scale: skipped, no pipeline in" in (tmp_path / "b" / "index.html").read_text()
     partial = tmp_path / "partial-shapes"

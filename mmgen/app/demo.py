@@ -103,7 +103,11 @@ VIDEO_GRID_ROWS = 12  # 84 prompts: 12 rows of 7 clips (times samples_per_prompt
 SHAPE_FOLDER = "shapes"  # meshes and previews go to shapes/<paradigm>/, with shapes/grid-<paradigm>.png
 SAMPLING = {"guidance_scale": 3.0, "temperature": 1.0}  # what the shapes32 and tones configs evaluate with
 VIDEO_SAMPLING = {"guidance_scale": 2.0, "temperature": 0.7}  # what configs/moving_shapes/next-token.yaml evaluates with
-SHAPE_SAMPLING = {"guidance_scale": 2.0, "temperature": 1.0}  # what configs/primitives/*.yaml evaluate with
+SHAPE_SAMPLING = {  # per paradigm what its configs/primitives/<paradigm>.yaml evaluates with (a sweep of the trained model)
+    "octree-level": {"guidance_scale": 2.0, "temperature": 0.3},
+    "octree-token": {"guidance_scale": 2.0, "temperature": 0.5},
+    "vat-next-scale": {"guidance_scale": 2.0, "temperature": 0.7},
+}
 SPECTROGRAM = {"n_fft": 1024, "hop_length": 128, "n_mels": 64}
 SPECTROGRAM_RANGE_DB = 80.0  # shown below each clip's peak; quieter is black
 
@@ -306,7 +310,7 @@ def _run_shape_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
     """
     from .training.evaluation import save_grid
 
-    out, seeds, seconds = _generate(pipe, prompts, repeat, seed, SHAPE_SAMPLING, output_type="voxels")
+    out, seeds, seconds = _generate(pipe, prompts, repeat, seed, SHAPE_SAMPLING[paradigm], output_type="voxels")
     voxels_BRRR = out.shapes  # bool
     judged = judge_primitives(torch.from_numpy(voxels_BRRR))
     (out_dir / SHAPE_FOLDER / paradigm).mkdir(parents=True)
@@ -488,11 +492,12 @@ def _video_html(video: dict[str, Any]) -> str:
 
 def _shapes_html(shapes: dict[str, Any]) -> str:
     """The 3D primitives section; nothing when 3D shapes were left out."""
-    sampling = shapes["sampling"]
+    settings = "; ".join(f"{p} {s['guidance_scale']:g} / {s['temperature']:g}" for p, s in shapes["sampling"].items()
+                         if p in shapes["paradigms"])
     return _optional_html("shape", shapes, "<h2>3D shapes: primitives prompts</h2><p>Each shape's preview (the mesh "
                           "marching cubes makes of its occupancy, shaded, seen from the front right and above); click it to "
-                          "download the mesh (PLY). Sampled with classifier-free guidance scale "
-                          f"{sampling['guidance_scale']:g}, temperature {sampling['temperature']:g}. The frame is green when "
+                          "download the mesh (PLY). Sampled with classifier-free guidance scale / temperature "
+                          f"{settings}. The frame is green when "
                           "the judge (<code>mmgen.metrics.judge_primitives</code>, on the occupancy) reads the prompt's "
                           "primitive, red when it does not; hover for seed and generation time.</p>")
 
