@@ -408,11 +408,12 @@ def test_demo_writes_a_mesh_and_a_preview_per_shape_judged_for_its_primitive(tin
         assert [s["prompt"] for s in rows] == [name for name in SHAPE_NAMES for _ in range(2)]
         assert [s["seed"] for s in rows] == list(range(3, 3 + len(rows)))
         assert Image.open(out / "shapes" / f"grid-{paradigm}.png").size == (NUM_SHAPE3D_CLASSES * 256, 2 * 256)  # a column per prompt
-    # by level: one forward per octree level; by token: one per node, at most every cell of every level; VAT: one per scale
-    assert {p: info["gpt_forwards_per_sample"] for p, info in shapes["paradigms"].items()} == \
-        {"octree-level": 3, "octree-token": 1 + 8 + 64, "vat-next-scale": 3}
-    assert {p: info["positions_per_sample"] for p, info in shapes["paradigms"].items()} == \
-        {"octree-level": 1 + 8 + 64, "octree-token": 1 + 8 + 64, "vat-next-scale": 1 + 2 + 4}
+    # by level: one forward per octree level; by token: one per node drawn (the mean tree, at most every cell of every
+    # level); VAT: one per scale of its fixed pyramid
+    level, token, vat = (shapes["paradigms"][p] for p in ("octree-level", "octree-token", "vat-next-scale"))
+    assert level["gpt_forwards_per_sample"] == 3 and (vat["gpt_forwards_per_sample"], vat["positions_per_sample"]) == (3, 1 + 2 + 4)
+    assert token["gpt_forwards_per_sample"] == token["positions_per_sample"] and 1 < token["positions_per_sample"] <= 1 + 8 + 64
+    assert 1 < level["positions_per_sample"] <= 1 + 8 + 64
     first = shapes["samples"][0]
     assert set(first) >= {"file", "preview", "paradigm", "prompt", "class_id", "seed", "seconds", "judged", "right"}
     assert (first["file"], first["preview"]) == ("shapes/octree-level/000-a-sphere-seed3.ply", "shapes/octree-level/000-a-sphere-seed3.png")

@@ -180,7 +180,7 @@ def test_decode_octree_takes_one_sequence():
         decode_octree(torch.ones(2, 3, dtype=torch.long), 2)
 
 
-def test_train_an_octree_generator_from_a_config_then_generate_meshes(tmp_path):
+def test_train_an_octree_generator_from_a_config_then_generate_meshes(tmp_path, capsys):
     """`tokenizer:` may be the preset of a tokenizer with nothing to learn; `mmgen generate` writes meshes and previews."""
     import json
 
@@ -209,3 +209,6 @@ def test_train_an_octree_generator_from_a_config_then_generate_meshes(tmp_path):
     sample = manifest["samples"][0]
     assert sample["file"].endswith(".obj") and (out / sample["preview"]).is_file()
     assert isinstance(trimesh.load(out / sample["file"], force="mesh"), trimesh.Trimesh)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run" / "pipeline")]) == 0
+    assert "tokenizer: OctreeTokenizer, no weights (it learns nothing)" in capsys.readouterr().out

@@ -330,7 +330,14 @@ def _run_shape_paradigm(pipe: Any, paradigm: str, prompts: list[str], repeat: in
                         "judged": {"primitive": None if primitive == "none" else primitive}, "right": bool(ok)})
     by_column = torch.stack(previews).unflatten(0, (len(prompts), repeat)).transpose(0, 1).flatten(0, 1)
     save_grid(by_column, out_dir / SHAPE_FOLDER / f"grid-{paradigm}.png", rows=repeat)
-    return _info(pipe, SHAPE_DESCRIPTIONS[paradigm], seeds, seconds, right, resolution=voxels_BRRR.shape[1])
+    info = _info(pipe, SHAPE_DESCRIPTIONS[paradigm], seeds, seconds, right, resolution=voxels_BRRR.shape[1])
+    lengths = pipe.sequence_lengths(pipe.to_sequence(out.tokens))
+    if lengths is not None:  # a tree's length is its own: the program's counts are its capacity, so say what was drawn
+        one_per_position = info["gpt_forwards_per_sample"] == info["positions_per_sample"]
+        info["positions_per_sample"] = round(float(lengths.float().mean()), 1)
+        if one_per_position:
+            info["gpt_forwards_per_sample"] = info["positions_per_sample"]
+    return info
 
 
 def _cost(pipe: Any) -> dict[str, Any]:

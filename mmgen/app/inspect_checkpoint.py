@@ -112,8 +112,8 @@ def _parameter_names(cls: type | None, config: dict[str, Any]) -> set[str] | Non
 def _weights(folder: Path, parameter_names: set[str] | None) -> dict[str, Any]:
     """Element counts, dtypes and the name check of every safetensors file in ``folder``."""
     paths = sorted(folder.glob("*.safetensors"))
-    if not paths:
-        return {"tensors": 0, "elements": 0, "dtypes": [], "parameters": None}
+    if not paths:  # a model that learns nothing (the octree tokenizer) has no parameters to count, not unknown ones
+        return {"tensors": 0, "elements": 0, "dtypes": [], "parameters": 0 if parameter_names == set() else None}
     tensors: dict[str, dict[str, Any]] = {}
     for path in paths:
         tensors.update(safetensors_summary(path)["tensors"])
@@ -275,7 +275,7 @@ def _pickle_lines(files: list[dict[str, Any]], indent: str) -> list[str]:
 
 def _weights_line(weights: dict[str, Any]) -> str:
     if not weights["tensors"]:
-        return "no safetensors weights (parameters not counted)"
+        return "no weights (it learns nothing)" if weights["parameters"] == 0 else "no safetensors weights (parameters not counted)"
     if weights["parameters"] is None:
         text = f"{_count(weights['elements'])} tensor elements in {weights['tensors']} tensors (class unknown: parameters and buffers together)"
     else:
