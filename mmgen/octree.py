@@ -213,11 +213,12 @@ class OctreeOrder(DrawnOrder):
     def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
         return seq
 
-    def node_inputs(self, nodes: OctreeNodes, ids_L: torch.Tensor) -> torch.Tensor:
-        """The input ids ``[N, tables]`` of each node (the root's row is unused: it takes the start embedding)."""
-        columns = [nodes.parent_N, nodes.child_N, nodes.level_N]
-        if self.by == "token":
-            columns.append(torch.cat([ids_L.new_zeros(1), ids_L[:nodes.level_N.shape[0] - 1]]).long())
+    def node_inputs(self, nodes: OctreeNodes, previous_N: torch.Tensor) -> torch.Tensor:
+        """The input ids ``[N, tables]`` of nodes; ``previous_N``: the token drawn just before each (by token only).
+
+        The root's row is unused: it takes the start embedding.
+        """
+        columns = [nodes.parent_N, nodes.child_N, nodes.level_N] + ([previous_N.long()] if self.by == "token" else [])
         return torch.stack(columns, dim=1)
 
     def lengths(self, seq: torch.Tensor) -> torch.Tensor:
@@ -294,10 +295,7 @@ class OctreeProgram:
                 continue
             nodes = _row_nodes(row, start, stop)
             k = stop - start
-            tokens = torch.cat(row.tokens) if row.tokens else nodes.level_N.new_zeros(0)
-            previous = tokens[start - 1:stop - 1] if self.order.by == "token" else None
-            columns = [nodes.parent_N, nodes.child_N, nodes.level_N] + ([previous] if previous is not None else [])
-            ids[b, :k] = torch.stack(columns, dim=1)
+            ids[b, :k] = self.order.node_inputs(nodes, row.tokens[0][start - 1:stop - 1])
             coords[b, :k] = nodes.coords(self.depth)
             valid[b, :k] = True
         return GroupRequest(inputs_BnD=self.gpt.embed_tokens(ids), coords_BnC=coords, valid_Bn=valid)
@@ -348,7 +346,7 @@ class OctreeProgram:
         valid = torch.zeros(B, L, dtype=torch.bool, device=seq.device)
         for b, walk in enumerate(walks):
             n = walk.length
-            ids[b, :n] = self.order.node_inputs(walk, seq[b])
+            ids[b, :n] = self.order.node_inputs(walk, torch.cat([seq.new_zeros(1), seq[b, :n - 1]]))
             coords[b, :n] = walk.coords(self.depth)
             groups[b, :n] = walk.level_N if self.order.by == "level" else torch.arange(n, device=seq.device)
             groups[b, n:] = groups[b, n - 1]
