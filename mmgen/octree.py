@@ -29,12 +29,12 @@ import torch
 from .generation import GroupRequest
 from .gpt import GPT
 from .programs import DrawnOrder, TeacherForcing
+from .protocol import OCTREE_VOCAB, octree_capacity
 from .tokens import DiscreteContent, TokenLayout
 
 __all__ = ["OCTREE_VOCAB", "OCTREE_ORDERS", "octree_depth", "octree_capacity", "encode_octree", "decode_octree",
            "octree_nodes", "OctreeNodes", "OctreeOrder", "OctreeProgram"]
 
-OCTREE_VOCAB = 256  # one token per node: the 8-bit mask of its occupied children
 OCTREE_ORDERS = ("level", "token")
 _BITS = 1 << torch.arange(8)
 # child c = 4·dx + 2·dy + dz: the offsets (dx, dy, dz) in the order of the bits
@@ -46,11 +46,6 @@ def octree_depth(resolution: int, *, name: str = "resolution") -> int:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2 or resolution & (resolution - 1):
         raise ValueError(f"{name} must be a power of two >= 2 (an octree halves the cube at every level), got {resolution!r}")
     return resolution.bit_length() - 1
-
-
-def octree_capacity(depth: int) -> int:
-    """The most tokens a tree of ``depth`` levels can have: every node of every level occupied."""
-    return sum(8**level for level in range(depth))
 
 
 def _check_grid(occupancy: torch.Tensor, *, name: str, batched: bool) -> int:

@@ -24,6 +24,12 @@ from .tokens import ContinuousContent, DiscreteContent, TokenContent
 __all__ = ["TokenSpec", "Tokenizer", "ScaleContext", "check_tokenizer", "has_scale_context", "MODALITIES"]
 
 MODALITIES = ("image", "video", "audio", "shape")
+OCTREE_VOCAB = 256  # an octree token is the 8-bit mask of a node's occupied children (mmgen.octree)
+
+
+def octree_capacity(depth: int) -> int:
+    """The most tokens an octree of ``depth`` levels can have: every node of every level occupied."""
+    return sum(8**level for level in range(depth))
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,8 @@ class TokenSpec:
         if isinstance(self.octree_depth, bool) or not isinstance(self.octree_depth, int) or self.octree_depth < 0:
             raise ValueError(f"octree_depth must be an int >= 0, got {self.octree_depth!r}")
         if self.octree_depth:
-            capacity = sum(8**level for level in range(self.octree_depth))
-            if self.shape != (capacity,) or self.content != DiscreteContent((256,)):
+            capacity = octree_capacity(self.octree_depth)
+            if self.shape != (capacity,) or self.content != DiscreteContent((OCTREE_VOCAB,)):
                 raise ValueError(f"an octree of depth {self.octree_depth} has shape ({capacity},) (its capacity) and "
                                  f"256 ids (8-bit child masks), got shape={self.shape}, content={self.content}")
 
