@@ -144,10 +144,8 @@ class Decoder:
         self.gpt.clear_cache()
 
     def _place(self, request: GroupRequest, start: int, group: int) -> None:
-        if self.shared and not request.shared:  # rows part ways from here on: one layout row each
-            lay = self.layout
-            self.layout = TokenLayout(lay.coords.repeat(self.rows, 1, 1), lay.groups.repeat(self.rows, 1), lay.valid.repeat(self.rows, 1))
-            self.shared = False
+        if not request.shared:  # rows part ways from here on: one layout row each
+            self._unshare()
         end = start + request.size
         coords, valid = request.coords_BnC.float(), request.valid_Bn
         if self.shared:
@@ -159,8 +157,13 @@ class Decoder:
         self.layout.groups[:, start:end] = group
         self.layout.valid[:, start:end] = valid.to(self.layout.valid.device)
 
-    def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ``requests`` (one group each) and return the hidden states ``[R, n_last, dim]`` of the last one."""
+    def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None,
+                all_groups: bool = False) -> torch.Tensor:
+        """Append ``requests`` (one group each) and return the hidden states ``[R, n_last, dim]`` of the last one.
+
+        ``all_groups``: return those of every request's slots ``[R, sum n, dim]`` (a speculative tree).
+        ``attention_mask`` (bool ``[R | 1, sum n, start + sum n]``) replaces the group mask for these queries.
+        """
         if not isinstance(requests, (list, tuple)) or not requests:
             raise ValueError(f"requests must be a non-empty list of GroupRequest (one per group), got {requests!r}")
         rows = {request.valid_Bn.shape[0] for request in requests} - {self.cond.batch_size, self.rows}
@@ -186,7 +189,55 @@ class Decoder:
         hidden = self.gpt.hidden_states(x, layout=self.layout, start_pos=start, condition=self.cond.adaln_RA,
                                         attention_mask=attention_mask)
         self.length = pos
-        return hidden[:, -requests[-1].size:]
+        return hidden[:, -size:] if all_groups else hidden[:, -requests[-1].size:]
+
+    @property
+    def next_position(self) -> int:
+        """Where the next forward's first slot goes (after the prefix, once it is cached)."""
+        return self.cond.num_prefix if self.length == 0 else self.length
+
+    def _unshare(self) -> None:
+        if self.shared:
+            lay = self.layout
+            self.layout = TokenLayout(lay.coords.repeat(self.rows, 1, 1), lay.groups.repeat(self.rows, 1), lay.valid.repeat(self.rows, 1))
+            self.shared = False
+
+    def keep(self, start: int, index_Bm: torch.Tensor) -> None:
+        """Of the positions from ``start`` on, keep per row those at offsets ``index_Bm`` (in order) and forget the rest.
+
+        The kept positions move to ``start .. start + m`` (keys and values carry their own rotary
+        coordinates, so moving them changes nothing), each becomes its own group, and an offset of -1
+        leaves a padding position (a row that kept fewer). This is how a verified path through a
+        speculative tree stays in the cache while its rejected branches go.
+        """
+        if not isinstance(index_Bm, torch.Tensor) or index_Bm.dim() != 2 or index_Bm.dtype != torch.long:
+            raise TypeError("index_Bm must be an int64 tensor [B, m] of offsets from start (-1: padding)")
+        B, m = index_Bm.shape
+        if B not in (self.cond.batch_size, self.rows) or not self.cond.num_prefix <= start <= self.length:
+            raise ValueError(f"keep needs [B={self.cond.batch_size}, m] offsets and start in "
+                             f"{self.cond.num_prefix}..{self.length}, got {tuple(index_Bm.shape)} and {start}")
+        if bool((index_Bm >= self.length - start).any()) or m > self.length - start:
+            raise ValueError(f"offsets must be below the {self.length - start} positions appended from start={start}")
+        index_Rm = index_Bm.to(self.layout.coords.device).repeat(self.rows // B, 1)
+        pad_Rm = index_Rm < 0
+        take_Rm = index_Rm.clamp(min=0) + start
+        in_place = bool((take_Rm == torch.arange(start, start + m, device=take_Rm.device)).all())
+        if not (in_place and self.shared and not bool(pad_Rm.any())):
+            self._unshare()
+        lay = self.layout
+        base = lay.groups[:, start].clone()
+        if not in_place:
+            lay.coords[:, start:start + m] = lay.coords.gather(1, take_Rm[:lay.coords.shape[0]].unsqueeze(-1).expand(-1, -1, lay.coords.shape[-1]))
+            self.gpt.gather_cache(start, take_Rm - start)
+        lay.valid[:, start:start + m] = lay.valid.gather(1, take_Rm[:lay.valid.shape[0]]) & ~pad_Rm[:lay.valid.shape[0]]
+        lay.groups[:, start:start + m] = base.unsqueeze(1) + torch.arange(m, device=base.device)
+        end = start + m
+        self.gpt.forget_cache(end, self.length)
+        lay.coords[:, end:self.length] = 0
+        lay.groups[:, end:self.length] = 0
+        lay.valid[:, end:self.length] = False
+        self.length = end if m else start
+        self.num_groups = int(lay.groups[:, :end].max()) + 1 if end > self.cond.num_prefix else 1
 
     def rollback(self, num_positions: int) -> None:
         """Forget the last ``num_positions`` generated positions: cache and layout exactly as before they were added."""
@@ -224,27 +275,11 @@ def generate(
     are fed in one forward with the first generated group). ``capacity``: the most slots a row can
     take. ``callback(step, tokens)`` may return replacement tokens for that step.
     """
-    _check_conditioning(cond)
+    state, seeds_B, slots_B, pending, step = _begin(program, cond, sampling, seeds_B, prefill, callback, progress,
+                                                    device=gpt.device)
     B = cond.batch_size
-    if not isinstance(sampling, SamplingConfig):
-        raise TypeError(f"sampling must be an mmgen.SamplingConfig, got {type(sampling).__name__}")
-    if not isinstance(seeds_B, torch.Tensor) or seeds_B.dtype != torch.int64:
-        got = seeds_B.dtype if isinstance(seeds_B, torch.Tensor) else type(seeds_B).__name__
-        raise TypeError(f"seeds_B must be an int64 tensor [{B}] (one seed per sample, see draw_seeds), got {got}")
-    if seeds_B.shape != (B,):
-        raise ValueError(f"seeds_B must have shape [{B}] (one seed per sample), got {tuple(seeds_B.shape)}")
-    for name, function in (("callback", callback), ("progress", progress)):
-        if function is not None and not callable(function):
-            raise TypeError(f"{name} must be None or a callable, got {type(function).__name__}")
     guidance: GuidanceSchedule = sampling.guidance
     device = gpt.device
-    state = program.start(B, device)
-    seeds_B = seeds_B.to(device)
-    slots_B = torch.zeros(B, dtype=torch.long, device=device)
-    pending: list[GroupRequest] = []
-    step = 0
-    if prefill is not None:
-        state, pending, slots_B, step = _prefill(program, state, prefill, slots_B)
     decoder = Decoder(gpt, cond, capacity=capacity)
     try:
         while (request := program.next_group(state)) is not None:
@@ -265,6 +300,30 @@ def generate(
     finally:
         decoder.close()
     return program.result(state)
+
+
+def _begin(program: Program, cond: Conditioning, sampling: SamplingConfig, seeds_B: torch.Tensor, prefill: torch.Tensor | None,
+           callback: object, progress: object, *, device: torch.device) -> tuple[Any, torch.Tensor, torch.Tensor, list[GroupRequest], int]:
+    """Check a generation's arguments and start it: ``(state, seeds_B, slots_B, pending prefilled requests, step)``."""
+    _check_conditioning(cond)
+    B = cond.batch_size
+    if not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be an mmgen.SamplingConfig, got {type(sampling).__name__}")
+    if not isinstance(seeds_B, torch.Tensor) or seeds_B.dtype != torch.int64:
+        got = seeds_B.dtype if isinstance(seeds_B, torch.Tensor) else type(seeds_B).__name__
+        raise TypeError(f"seeds_B must be an int64 tensor [{B}] (one seed per sample, see draw_seeds), got {got}")
+    if seeds_B.shape != (B,):
+        raise ValueError(f"seeds_B must have shape [{B}] (one seed per sample), got {tuple(seeds_B.shape)}")
+    for name, function in (("callback", callback), ("progress", progress)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{name} must be None or a callable, got {type(function).__name__}")
+    state = program.start(B, device)
+    slots_B = torch.zeros(B, dtype=torch.long, device=device)
+    pending: list[GroupRequest] = []
+    step = 0
+    if prefill is not None:
+        state, pending, slots_B, step = _prefill(program, state, prefill, slots_B)
+    return state, seeds_B.to(device), slots_B, pending, step
 
 
 def _check_conditioning(cond: object) -> None:

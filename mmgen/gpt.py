@@ -132,6 +132,19 @@ class KVCache(nn.Module):
         self.v[:, :, start:end] = v_BHTD
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def gather(self, start: int, index_Bm: torch.Tensor) -> None:
+        """Positions ``start + index_Bm[b]`` of row b move to ``start .. start + m`` (a kept speculative path)."""
+        B, H, _, Dh = self.k.shape
+        where = (start + index_Bm).view(B, 1, -1, 1).expand(B, H, -1, Dh)
+        m = index_Bm.shape[1]
+        self.k[:, :, start:start + m] = self.k.gather(2, where)
+        self.v[:, :, start:start + m] = self.v.gather(2, where)
+
+    def forget(self, start: int, stop: int) -> None:
+        """Zero positions ``start .. stop`` (as never written)."""
+        self.k[:, :, start:stop] = 0
+        self.v[:, :, start:stop] = 0
+
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (zeroed, as never written): a rollback."""
         self.k[:, :, length:] = 0
@@ -286,6 +299,22 @@ class GPT(PretrainedModel):
             raise ValueError(f"length must be an int in 0..{self.cache_shape[1]} (the cache's positions), got {length!r}")
         for block in self.layers:
             block.attn.cache.truncate(length)
+
+    def forget_cache(self, start: int, stop: int) -> None:
+        """Zero cached positions ``start .. stop`` (the rejected part of a speculative tree; the rest was never written)."""
+        for block in self.layers:
+            block.attn.cache.forget(start, stop)
+
+    def gather_cache(self, start: int, index_Bm: torch.Tensor) -> None:
+        """Per row, move cached positions ``start + index_Bm[b, j]`` to ``start + j`` (a verified speculative path)."""
+        if self.cache_shape is None:
+            raise ValueError("gather_cache needs a KV cache; call setup_cache first")
+        B, length = self.cache_shape
+        if index_Bm.dim() != 2 or index_Bm.shape[0] != B or bool((index_Bm < 0).any()) or bool((start + index_Bm >= length).any()):
+            raise ValueError(f"index_Bm must be [{B}, m] offsets with start + offset below the cache's {length} positions")
+        index_Bm = index_Bm.to(self.layers[0].attn.cache.k.device)  # not self.device: diffusers walks the modules for it
+        for block in self.layers:
+            block.attn.cache.gather(start, index_Bm)
 
     @property
     def cache_shape(self) -> tuple[int, int] | None:

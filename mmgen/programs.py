@@ -237,6 +237,32 @@ class PatternProgram:
             state.memory, state.next_inputs = self.rule.step(state.memory, state.group - 1, tokens)
         return state
 
+    def fork(self, state: _PatternState) -> _PatternState:
+        """A copy that later ``accept`` calls leave the original untouched by (speculative drafts)."""
+        return _PatternState(state.group, state.memory, state.next_inputs, list(state.drawn), list(state.valid), state.live_B)
+
+    def draft_slots(self, state: _PatternState, tokens_BN: torch.Tensor,
+                    depths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The slots after candidate tokens in one go: node i's token fills group ``state.group + depths[i]``.
+
+        Returns ``(inputs [B, N, dim], coords [B, N, C], valid [B, N])``, or None where a node's inputs
+        depend on more than its own token (a stop rule, or inputs other than the previous token), in which
+        case the caller forks the state per node.
+        """
+        if self.stop is not None or type(self.rule) is not PreviousGroupInputs or self.rule.noisy_context \
+                or any(size != 1 for size in self.sizes):
+            return None
+        B, N = tokens_BN.shape[:2]
+        filled = state.group + torch.tensor(depths, dtype=torch.long)
+        entry_valid = getattr(self.pattern, "entry_valid", None)
+        if entry_valid is not None:
+            keep = entry_valid[filled.clamp(max=len(self.sizes) - 1)].to(tokens_BN.device).unsqueeze(0)
+            tokens_BN = torch.where(keep, tokens_BN, torch.full_like(tokens_BN, self.pattern.empty_id))
+        slot = (filled + 1).clamp(max=len(self.sizes) - 1)
+        coords = self.coords_LC[slot].to(tokens_BN.device).unsqueeze(0).expand(B, -1, -1)
+        valid = (filled + 1 < len(self.sizes)).to(tokens_BN.device).view(1, N).expand(B, N) & state.live_B.view(B, 1)
+        return self.rule.step(None, 0, tokens_BN)[1], coords, valid
+
     def result(self, state: _PatternState) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens [B, L', ...], valid [B, L'])`` over the groups drawn (L' = L unless every row stopped early)."""
         tokens = torch.cat(state.drawn, dim=1)
