@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline
 
 from mmgen.conditioning import Conditioner
 from mmgen.files import write_text_atomically
+from mmgen.drafts import JacobiDraft, ModelDraft, NGramDraft, RecycledDraft
 from mmgen.generation import draw_seeds, generate, teacher_hidden
 from mmgen.gpt import GPT, GPTConfig
 from mmgen.heads import CategoricalHead, DepthHead, Head
@@ -35,6 +36,7 @@ from mmgen.hub import SHIM_MODULE, SHIM_SOURCE, config_from_dict, resolve_pipeli
 from mmgen.programs import DrawnOrder, PatternProgram
 from mmgen.protocol import check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
+from mmgen.speculative import DecodingStats, DraftSource, generate_speculative
 from mmgen.tokens import ContinuousContent, TokenContent
 
 from .outputs import check_output_type, make_output
@@ -250,8 +252,11 @@ class ARPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[..., dict[str, Any]] | None,
         prefill: torch.Tensor | None = None,
         options: dict[str, Any] | None = None,
+        decoding: str | DraftSource | None = None,
+        draft_model: ARPipeline | None = None,
     ) -> Any:
         output_type = check_output_type(self.tokenizer.modality, output_type)
+        decoding = _check_decoding(decoding, draft_model)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"callback_on_step_end must be None or a callable, got {type(callback_on_step_end).__name__}")
         if isinstance(self.head.content, ContinuousContent) and (sampling.top_k, sampling.top_p, sampling.min_p) != (0, 1.0, 0.0):
@@ -287,11 +292,50 @@ class ARPipeline(DiffusionPipeline):
             return replaced
 
         with self.progress_bar(total=program.num_steps) as bar:
-            seq, _ = generate(self.gpt, self.head, program, cond, sampling=sampling, seeds_B=seeds_B,
+            if decoding == "plain":
+                seq, _ = generate(self.gpt, self.head, program, cond, sampling=sampling, seeds_B=seeds_B,
                                   capacity=program.num_positions, prefill=prefill, callback=callback, progress=bar.update)
+            else:
+                condition = {"prompt": prompt, "class_labels": class_labels, "num_samples_per_prompt": num_samples_per_prompt,
+                             "guided": guided}
+                draft = self._draft_source(decoding, draft_model, condition, sampling, seeds_B, options)
+                seq, _ = generate_speculative(self.gpt, self.head, program, cond, draft=draft, sampling=sampling,
+                                              seeds_B=seeds_B, capacity=program.num_positions, prefill=prefill,
+                                              callback=callback, progress=bar.update, stats=self._new_decoding_stats())
         native = self.decode_sequence(seq, **options)
         decoded = None if output_type == "tokens" else self.tokenizer.decode(native)
         return make_output(self.tokenizer, decoded, native, output_type=output_type, return_dict=return_dict)
+
+    def _draft_source(self, decoding: str | DraftSource, draft_model: ARPipeline | None, condition: dict[str, Any],
+                      sampling: SamplingConfig, seeds_B: torch.Tensor, options: dict[str, Any]) -> DraftSource:
+        """The draft source a call names: n-gram and recycling sources persist on the pipeline (they learn across calls)."""
+        if not isinstance(decoding, str):
+            return decoding
+        if decoding == "draft":
+            if type(draft_model) is not type(self) or draft_model.head.content != self.head.content:
+                raise ValueError(f"draft_model must be a {type(self).__name__} over the same tokens (its head draws "
+                                 f"{self.head.content}), got {type(draft_model).__name__}")
+            if draft_model.gpt is self.gpt:
+                raise ValueError("draft_model must have its own GPT (each model keeps its own KV cache); got this pipeline's")
+            names = {"class_names": draft_model.config.get("class_names")}
+            cond = draft_model.conditioner.condition(**condition, **names)
+            return ModelDraft(gpt=draft_model.gpt, head=draft_model.head, program=draft_model.program(**options), cond=cond,
+                              sampling=sampling, seeds_B=seeds_B)
+        if decoding == "jacobi":
+            return JacobiDraft()
+        sources = self.__dict__.setdefault("_draft_sources", {})
+        if decoding not in sources:
+            sources[decoding] = NGramDraft() if decoding == "lookahead" else RecycledDraft()
+        return sources[decoding]
+
+    def _new_decoding_stats(self) -> DecodingStats:
+        self.__dict__["_decoding_stats"] = DecodingStats()
+        return self.__dict__["_decoding_stats"]
+
+    @property
+    def decoding_stats(self) -> DecodingStats | None:
+        """Forwards and tokens of the last call with ``decoding`` other than ``"plain"`` (None before one)."""
+        return self.__dict__.get("_decoding_stats")
 
     # ---- saving and loading ------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
@@ -391,3 +435,20 @@ def head_for(content: TokenContent, *, dim: int, **fields: Any) -> Head:
         raise ValueError(f"head.class: {name} does not model {content}")
     sizes = {"latent_dim": content.dim, "cond_dim": dim} if continuous else {"dim": dim, "codebook_sizes": list(content.codebook_sizes)}
     return cls(config_from_dict(cls.config_class, {**sizes, **fields}, source="head"))
+
+
+DECODINGS = ("plain", "lookahead", "recycling", "jacobi", "draft")
+
+
+def _check_decoding(decoding: object, draft_model: object) -> str | DraftSource:
+    """``decoding`` as a name of :data:`DECODINGS` or a draft source; ``draft_model`` goes with ``"draft"`` only."""
+    decoding = "plain" if decoding is None else decoding
+    if isinstance(decoding, str):
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS} or a draft source (mmgen.drafts), got {decoding!r}")
+    elif not all(callable(getattr(decoding, name, None)) for name in ("begin", "propose", "observe", "end")):
+        raise TypeError(f"decoding must be one of {DECODINGS} or a draft source (mmgen.drafts), got {type(decoding).__name__}")
+    if (decoding == "draft") != (draft_model is not None):
+        raise ValueError('decoding="draft" needs draft_model= (a small pipeline of the same tokens), and draft_model '
+                         f"goes with decoding=\"draft\" only; got decoding={decoding!r} and draft_model={type(draft_model).__name__}")
+    return decoding

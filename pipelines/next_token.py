@@ -25,6 +25,7 @@ from mmgen.patterns import DelayCodebooks, FlattenCodebooks, Raster
 from mmgen.programs import PreviousGroupInputs
 from mmgen.protocol import TokenSpec, check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
+from mmgen.speculative import DraftSource
 from mmgen.tokens import DiscreteContent
 
 from .base import ARPipeline, SequencePlan, sampling_options
@@ -107,9 +108,16 @@ class NextTokenPipeline(ARPipeline):
         output_type: str | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        decoding: str | DraftSource | None = None,
+        draft_model: NextTokenPipeline | None = None,
     ) -> Any:
         """Generate token by token; one step (and one callback) per position.
 
+        ``decoding`` (off by default: ``"plain"``): ``"lookahead"`` (n-gram retrieval), ``"recycling"``
+        (Token Recycling), ``"jacobi"`` or ``"draft"`` (with ``draft_model=``, a smaller pipeline of the same
+        tokens) confirm several tokens per forward, or a source from :mod:`mmgen.drafts`. The tokens are
+        the same as plain decoding's for the same seeds, at any temperature; ``pipe.decoding_stats`` counts
+        the forwards.
         ``num_tokens`` (prefix-decodable tokenizers only): stop after k ≤ N tokens and decode that prefix.
         ``prefill``: the first m tokens of every sample, known (``pipe.tokenize(x)[:, :m]``): generation
         continues them. ``guidance_scale`` is a number or a :class:`~mmgen.sampling.GuidanceSchedule`;
@@ -120,7 +128,8 @@ class NextTokenPipeline(ARPipeline):
                          guidance_scale=guidance_scale,
                          sampling=sampling_options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, sampling=sampling),
                          generator=generator, output_type=output_type, return_dict=return_dict,
-                         callback_on_step_end=callback_on_step_end, prefill=prefill, options=options)
+                         callback_on_step_end=callback_on_step_end, prefill=prefill, options=options,
+                         decoding=decoding, draft_model=draft_model)
 
 
 def _check_num_tokens(spec: TokenSpec, num_tokens: int) -> int:
