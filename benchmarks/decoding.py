@@ -1,0 +1,159 @@
+"""Speculative decoding vs plain decoding on the shipped next-token models, and the plain step vs transformers.
+
+For the shapes-32 image model and the tones audio model (CFG 3, batch 1, one sample per prompt, each
+with its own seed) the script runs plain decoding and every draft source at temperature 0 and 1, in
+one process, alternating, and prints per source: target-GPT forwards per sample, the draft model's
+forwards, the tokens one forward confirms, wall time per sample (median of the repeats) and the
+ratio plain / source, and whether the tokens equal plain decoding's (they must). The n-gram and
+recycling sources live on the pipeline, so they start from what earlier samples taught them (as in a
+long-running service); each repeat draws new seeds, so what they remember are other samples of the
+same prompts (at temperature 0 those are the same greedy samples: a repeated prompt). "lookahead-cold"
+is a new n-gram source per sample, which retrieves from the sample itself only. The figures are those of the last repeat (times: medians). The last table is the plain step against
+transformers' ``generate`` on one converted Llama (see ``benchmarks/decode.py`` for the full one).
+
+    python benchmarks/decoding.py --threads 1
+    python benchmarks/decoding.py --threads 1 --quick     # 3 prompts, 1 repeat, no transformers row
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mmgen import SamplingConfig
+from mmgen.drafts import NGramDraft
+from mmgen.programs import continue_tokens
+from pipelines import NextTokenPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {  # name: (checkpoint, number of classes, draft checkpoint or None)
+    "shapes32 image (8x8 ids)": (ROOT / "checkpoints/shapes32/next-token", 10, ROOT / "checkpoints/shapes32/next-token-draft"),
+    "tones audio (50 frames x 4 codebooks, delay)": (ROOT / "checkpoints/tones/next-token-rvq", 28, None),
+}
+SOURCES = ("plain", "lookahead", "lookahead-cold", "recycling", "jacobi", "draft")
+
+
+def load(path: Path) -> NextTokenPipeline:
+    pipe = NextTokenPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def count_forwards(pipe: NextTokenPipeline) -> list[int]:
+    calls: list[int] = []
+    trunk = pipe.gpt.hidden_states
+
+    def counted(x: torch.Tensor, **kwargs):
+        calls.append(1)
+        return trunk(x, **kwargs)
+
+    pipe.gpt.hidden_states = counted
+    return calls
+
+
+def run_source(pipe, draft, classes, temperature, decoding, seed) -> tuple[float, list[torch.Tensor], int, int]:
+    """Wall seconds, tokens per prompt, target forwards and draft forwards for one pass over the prompts."""
+    target_calls = count_forwards(pipe)
+    draft_calls = count_forwards(draft) if draft is not None else []
+    outs = []
+    start = time.perf_counter()
+    for c in classes:
+        extra = {"draft_model": draft} if decoding == "draft" else {}
+        source = NGramDraft() if decoding == "lookahead-cold" else decoding  # cold: a new source, only the sample itself
+        outs.append(pipe(class_labels=[c], temperature=temperature, guidance_scale=3.0, output_type="tokens",
+                         generator=torch.Generator().manual_seed(seed + c), decoding=source, **extra).tokens)
+    seconds = time.perf_counter() - start
+    pipe.gpt.hidden_states = pipe.gpt.__class__.hidden_states.__get__(pipe.gpt)
+    if draft is not None:
+        draft.gpt.hidden_states = draft.gpt.__class__.hidden_states.__get__(draft.gpt)
+    return seconds, outs, len(target_calls), len(draft_calls)
+
+
+def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path | None, prompts: int, repeats: int) -> None:
+    pipe = load(path)
+    draft = load(draft_path) if draft_path is not None and draft_path.exists() else None
+    classes = [round(i * num_classes / prompts) % num_classes for i in range(prompts)]
+    sources = [s for s in SOURCES if s != "draft" or draft is not None]
+    positions = pipe.program().num_steps
+    print(f"\n### {name}: `{path.relative_to(ROOT)}`, {positions} steps a sample, {prompts} prompts, batch 1, CFG 3\n")
+    print("| T | decoding | target forwards / sample | draft forwards / sample | tokens / forward | ms / sample | plain / this | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for temperature in (0.0, 1.0):
+        for decoding in sources:  # warm-up: first calls, and the sources' first lessons
+            run_source(pipe, draft, classes[:1], temperature, decoding, seed=10_000)
+        times = {s: [] for s in sources}
+        result = {}
+        for repeat in range(repeats):  # new seeds each repeat: what a source remembers is other samples, not these
+            for decoding in sources:
+                seconds, outs, forwards, draft_forwards = run_source(pipe, draft, classes, temperature, decoding, seed=100 * repeat)
+                times[decoding].append(seconds)
+                result[decoding] = (outs, forwards, draft_forwards)
+        plain_outs = result["plain"][0]
+        plain_s = statistics.median(times["plain"])
+        for decoding in sources:
+            outs, forwards, draft_forwards = result[decoding]
+            s = statistics.median(times[decoding])
+            same = all(torch.equal(a, b) for a, b in zip(outs, plain_outs))
+            print(f"| {temperature:g} | {decoding} | {forwards / prompts:.1f} | {draft_forwards / prompts:.1f} | "
+                  f"{positions * prompts / forwards:.2f} | {1000 * s / prompts:.0f} | {plain_s / s:.2f}x | {same} |", flush=True)
+
+
+def transformers_row(repeats: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from decode import PROMPT_LEN, VOCAB, build_pair  # the pair benchmarks/decode.py times
+
+    llama, gpt, head = build_pair("20M")
+    batch, new_tokens = 8, 64
+    prompt = torch.randint(0, VOCAB, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
+
+    def hf():
+        with torch.inference_mode():
+            return llama.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def ours():
+        return continue_tokens(gpt, head, prompt, max_new_tokens=new_tokens, sampling=SamplingConfig(temperature=0))
+
+    hf(), ours()
+    hf_t, our_t = [], []
+    for _ in range(repeats):
+        for fn, into in ((hf, hf_t), (ours, our_t)):
+            start = time.perf_counter()
+            out = fn()
+            into.append(time.perf_counter() - start)
+            if fn is hf:
+                hf_out = out
+            else:
+                our_out = out
+    hf_tps, our_tps = batch * new_tokens / statistics.median(hf_t), batch * new_tokens / statistics.median(our_t)
+    print("\n### The plain step: mmgen `continue_tokens` vs transformers `generate` (20M Llama, batch 8, greedy, 64 new tokens)\n")
+    print("| transformers tok/s | mmgen tok/s | mmgen / transformers | same tokens |")
+    print("|---|---|---|---|")
+    print(f"| {hf_tps:.0f} | {our_tps:.0f} | {our_tps / hf_tps:.2f}x | {torch.equal(hf_out, our_out)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3 prompts, 1 repeat, no transformers row")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts, repeats = (3, 1) if args.quick else (args.prompts, args.repeats)
+    print(f"# decoding benchmark: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {repeats}")
+    for name, (path, num_classes, draft_path) in MODELS.items():
+        speculative_table(name, path, num_classes, draft_path, prompts, repeats)
+    if not args.quick:
+        transformers_row(repeats)
+
+
+if __name__ == "__main__":
+    main()
