@@ -9,15 +9,18 @@ recycling sources live on the pipeline, so they start from what earlier samples 
 long-running service); each repeat draws new seeds, so what they remember are other samples of the
 same prompts (at temperature 0 those are the same greedy samples: a repeated prompt). "lookahead-cold"
 is a new n-gram source per sample, which retrieves from the sample itself only. The figures are those of the last repeat (times: medians). The last table is the plain step against
-transformers' ``generate`` on one converted Llama (see ``benchmarks/decode.py`` for the full one).
+transformers' ``generate`` on one converted Llama, fp32 and bf16, with mmgen's step eager, compiled
+(``GPT.compile_decoding()`` and the head's) and compiled with frozen weights; then the shipped image model's plain
+decoding eager vs compiled.
 
     python benchmarks/decoding.py --threads 1
-    python benchmarks/decoding.py --threads 1 --quick     # 3 prompts, 1 repeat, no transformers row
+    python benchmarks/decoding.py --threads 1 --quick     # 3 prompts, 1 repeat, no plain-step tables
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -104,37 +107,71 @@ def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path 
                   f"{positions * prompts / forwards:.2f} | {1000 * s / prompts:.0f} | {plain_s / s:.2f}x | {same} |", flush=True)
 
 
-def transformers_row(repeats: int) -> None:
+def plain_step_table(repeats: int) -> None:
+    """The plain step on one converted Llama: transformers `generate` vs mmgen eager / compiled, fp32 and bf16."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from decode import PROMPT_LEN, VOCAB, build_pair  # the pair benchmarks/decode.py times
 
     llama, gpt, head = build_pair("20M")
     batch, new_tokens = 8, 64
     prompt = torch.randint(0, VOCAB, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
+    models = {"fp32": (llama, gpt, head), "bf16": tuple(copy.deepcopy(m).to(torch.bfloat16) for m in (llama, gpt, head))}
+    compiled = {}
+    for dtype, (_, g, h) in models.items():
+        for freeze in (False, True):
+            twin, twin_head = copy.deepcopy(g), copy.deepcopy(h)
+            twin.compile_decoding(freeze=freeze)
+            twin_head.compile_decoding(freeze=freeze)
+            compiled[dtype, freeze] = twin, twin_head
 
-    def hf():
+    def hf(dtype):
         with torch.inference_mode():
-            return llama.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            return models[dtype][0].generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
-    def ours():
-        return continue_tokens(gpt, head, prompt, max_new_tokens=new_tokens, sampling=SamplingConfig(temperature=0))
+    def ours(g, h):
+        return continue_tokens(g, h, prompt, max_new_tokens=new_tokens, sampling=SamplingConfig(temperature=0))
 
-    hf(), ours()
-    hf_t, our_t = [], []
+    runs = {}
+    for dtype in models:
+        runs[f"transformers {dtype}"] = (dtype, lambda d=dtype: hf(d))
+        runs[f"mmgen {dtype}, eager"] = (dtype, lambda d=dtype: ours(*models[d][1:]))
+        runs[f"mmgen {dtype}, compiled"] = (dtype, lambda d=dtype: ours(*compiled[d, False]))
+        runs[f"mmgen {dtype}, compiled + frozen weights"] = (dtype, lambda d=dtype: ours(*compiled[d, True]))
+    outs = {name: fn() for name, (_, fn) in runs.items()}  # warm-up (and compilation)
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        for fn, into in ((hf, hf_t), (ours, our_t)):
+        for name, (_, fn) in runs.items():
             start = time.perf_counter()
-            out = fn()
-            into.append(time.perf_counter() - start)
-            if fn is hf:
-                hf_out = out
-            else:
-                our_out = out
-    hf_tps, our_tps = batch * new_tokens / statistics.median(hf_t), batch * new_tokens / statistics.median(our_t)
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    tps = {name: batch * new_tokens / statistics.median(t) for name, t in times.items()}
     print("\n### The plain step: mmgen `continue_tokens` vs transformers `generate` (20M Llama, batch 8, greedy, 64 new tokens)\n")
-    print("| transformers tok/s | mmgen tok/s | mmgen / transformers | same tokens |")
-    print("|---|---|---|---|")
-    print(f"| {hf_tps:.0f} | {our_tps:.0f} | {our_tps / hf_tps:.2f}x | {torch.equal(hf_out, our_out)} |")
+    print("| run | tok/s | vs transformers fp32 | vs transformers, same dtype | same tokens as transformers, same dtype |")
+    print("|---|---|---|---|---|")
+    for name, (dtype, _) in runs.items():
+        peer = f"transformers {dtype}"
+        print(f"| {name} | {tps[name]:.0f} | {tps[name] / tps['transformers fp32']:.2f}x | {tps[name] / tps[peer]:.2f}x | "
+              f"{torch.equal(outs[name], outs[peer])} |", flush=True)
+
+
+def compiled_shipped_row(repeats: int) -> None:
+    """The shipped image model's plain decoding, eager vs a compiled step with frozen weights (same tokens)."""
+    path, num_classes, _ = MODELS["shapes32 image (8x8 ids)"]
+    eager, fast = load(path), load(path)
+    fast.compile_decoding(freeze=True)
+    classes = list(range(num_classes))
+    times = {"eager": [], "compiled": []}
+    outs = {}
+    for name, pipe in (("eager", eager), ("compiled", fast)):
+        run_source(pipe, None, classes[:1], 1.0, "plain", seed=10_000)
+    for repeat in range(repeats):
+        for name, pipe in (("eager", eager), ("compiled", fast)):
+            seconds, outs[name], _, _ = run_source(pipe, None, classes, 1.0, "plain", seed=100 * repeat)
+            times[name].append(seconds)
+    e, c = (statistics.median(times[k]) / len(classes) for k in ("eager", "compiled"))
+    same = all(torch.equal(a, b) for a, b in zip(outs["eager"], outs["compiled"]))
+    print(f"\n### The shipped image model, plain decoding at T 1, batch 1, CFG 3: eager {1000 * e:.0f} ms/sample, "
+          f"compiled step with frozen weights {1000 * c:.0f} ms/sample ({e / c:.2f}x), same tokens {same}")
 
 
 def main() -> None:
@@ -142,17 +179,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="3 prompts, 1 repeat, no transformers row")
+    parser.add_argument("--quick", action="store_true", help="3 prompts, 1 repeat, no plain-step tables")
+    parser.add_argument("--only-plain-step", action="store_true", help="only the plain-step tables")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     prompts, repeats = (3, 1) if args.quick else (args.prompts, args.repeats)
     print(f"# decoding benchmark: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {repeats}")
-    for name, (path, num_classes, draft_path) in MODELS.items():
-        speculative_table(name, path, num_classes, draft_path, prompts, repeats)
+    if not args.only_plain_step:
+        for name, (path, num_classes, draft_path) in MODELS.items():
+            speculative_table(name, path, num_classes, draft_path, prompts, repeats)
     if not args.quick:
-        transformers_row(repeats)
+        plain_step_table(repeats)
+        compiled_shipped_row(repeats)
 
 
 if __name__ == "__main__":

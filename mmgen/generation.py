@@ -186,8 +186,11 @@ class Decoder:
         if self.length == 0:
             x = torch.cat([self.cond.prefix_RPD.to(x.dtype), x], dim=1)
             start = 0
-        hidden = self.gpt.hidden_states(x, layout=self.layout, start_pos=start, condition=self.cond.adaln_RA,
-                                        attention_mask=attention_mask)
+        if self.gpt.decoding_compiled and start > 0 and x.shape[1] == 1 and attention_mask is None:
+            hidden = self.gpt.decode_step(x, layout=self.layout, position=start, condition=self.cond.adaln_RA)
+        else:
+            hidden = self.gpt.hidden_states(x, layout=self.layout, start_pos=start, condition=self.cond.adaln_RA,
+                                            attention_mask=attention_mask)
         self.length = pos
         return hidden[:, -size:] if all_groups else hidden[:, -requests[-1].size:]
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import CompiledStep
 from .hub import PretrainedModel
 from .rope import NDRotaryEmbedding, apply_rotary
 from .tokens import ContinuousContent, DiscreteContent, TokenLayout, _check_real
@@ -183,6 +184,24 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(B, T, q_size))
 
 
+    def step(self, x_R1D: torch.Tensor, cos, sin, mask_R11L: torch.Tensor, position_1: torch.Tensor) -> torch.Tensor:
+        """One position, static shapes: write its key/value at ``position_1`` and attend over the whole cache (masked)."""
+        R = x_R1D.shape[0]
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x_R1D).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(R, 1, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(R, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(R, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        self.cache.k.index_copy_(2, position_1, k.to(self.cache.k.dtype))
+        self.cache.v.index_copy_(2, position_1, v.to(self.cache.v.dtype))
+        out = F.scaled_dot_product_attention(q, self.cache.k, self.cache.v, attn_mask=mask_R11L,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(out.transpose(1, 2).reshape(R, 1, q_size))
+
+
 class FeedForward(nn.Module):
     """SwiGLU with the gate and up projections fused into one matmul."""
 
@@ -205,12 +224,14 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.adaln = nn.Linear(cfg.adaln_dim, 6 * cfg.dim) if cfg.adaln_dim else None
 
-    def forward(self, x, cos, sin, mask, start_pos, condition) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, start_pos, condition, *, attend=None) -> torch.Tensor:
+        """``attend``: the attention call to use instead of ``self.attn`` (the static decode step's)."""
+        attend = attend or (lambda h: self.attn(h, cos, sin, mask, start_pos))
         if self.adaln is None:
-            x = x + self.attn(self.attn_norm(x), cos, sin, mask, start_pos)
+            x = x + attend(self.attn_norm(x))
             return x + self.ffn(self.ffn_norm(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(condition).unsqueeze(1).chunk(6, dim=-1)
-        x = x + gate1 * self.attn(self.attn_norm(x) * (1 + scale1) + shift1, cos, sin, mask, start_pos)
+        x = x + gate1 * attend(self.attn_norm(x) * (1 + scale1) + shift1)
         return x + gate2 * self.ffn(self.ffn_norm(x) * (1 + scale2) + shift2)
 
 
@@ -284,8 +305,20 @@ class GPT(PretrainedModel):
         if not 1 <= max_seq_len <= self.cfg.max_seq_len:
             raise ValueError(f"max_seq_len must be in 1..{self.cfg.max_seq_len}, got {max_seq_len}")
         dtype = dtype or self.dtype
-        for block in self.layers:
-            block.attn.cache = KVCache(batch_size, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim, dtype=dtype, device=self.device)
+        device = self.device
+        pool = self.__dict__.setdefault("_cache_pool", {}) if self.decoding_compiled else {}
+        key = (batch_size, max_seq_len, dtype, device)
+        if key in pool:  # a compiled step's graph holds on to its cache tensors: reuse them, zeroed
+            for block, cache in zip(self.layers, pool[key]):
+                cache.truncate(0)
+                block.attn.cache = cache
+            return
+        caches = [KVCache(batch_size, self.cfg.n_kv_heads, max_seq_len, self.cfg.head_dim, dtype=dtype, device=device)
+                  for _ in self.layers]
+        for block, cache in zip(self.layers, caches):
+            block.attn.cache = cache
+        if self.decoding_compiled:
+            pool[key] = caches
 
     def clear_cache(self) -> None:
         for block in self.layers:
@@ -378,6 +411,59 @@ class GPT(PretrainedModel):
         x = inputs_embeds
         for block in self.layers:
             x = block(x, cos, sin, mask, start_pos, condition)
+        x = self.norm(x)
+        if self.final_adaln is not None:
+            shift, scale = self.final_adaln(condition).unsqueeze(1).chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x
+
+    def compile_decoding(self, enabled: bool = True, *, freeze: bool = False) -> None:
+        """Run one-position cached steps through ``torch.compile`` (static shapes: the whole cache, masked).
+
+        Each distinct shape (rows, cache length, mask rows) compiles once, on its first step (seconds).
+        ``freeze=True`` lets inductor fold the weights into the graph (oneDNN-prepacked matmuls on CPU,
+        several times faster in bfloat16): the weights must not change afterwards; call this again if
+        they do. Results equal the eager step's up to float rounding.
+        """
+        self.__dict__["_compiled_step"] = None
+        self.__dict__["_cache_pool"] = {}
+        self.__dict__["_compile_options"] = (bool(enabled), bool(freeze))
+
+    @property
+    def decoding_compiled(self) -> bool:
+        return self.__dict__.get("_compile_options", (False, False))[0]
+
+    def decode_step(self, x_R1D: torch.Tensor, *, layout: TokenLayout, position: int,
+                    condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``[R, 1, dim]`` of the one position ``position`` of ``layout``, written to the KV cache.
+
+        The static-shape twin of ``hidden_states(x, layout=layout, start_pos=position)``: attention runs
+        over every cached position with the layout's mask (not-yet-written positions are invalid there),
+        so the graph does not change from step to step; compiled when :meth:`compile_decoding` asked for it.
+        """
+        B, T, _ = x_R1D.shape
+        self._check_positions(B, T, layout, position)
+        self._check_condition(B, condition)
+        if T != 1 or layout.seq_len != self.cache_shape[1]:
+            raise ValueError(f"decode_step takes one position and a layout as long as the cache ({self.cache_shape[1]}), "
+                             f"got {T} positions and a layout of {layout.seq_len}")
+        coords = layout.coords[:, position:position + 1].to(x_R1D.device)
+        mask = layout.attention_mask(position, position + 1)[:, None].to(x_R1D.device)
+        index = torch.tensor([position], device=x_R1D.device)
+        enabled, freeze = self.__dict__.get("_compile_options", (False, False))
+        step = self._static_step
+        if enabled:
+            if self.__dict__.get("_compiled_step") is None:
+                self.__dict__["_compiled_step"] = CompiledStep(self._static_step, freeze=freeze)
+            step = self.__dict__["_compiled_step"]
+        return step(x_R1D, coords, mask, index, condition)
+
+    def _static_step(self, x: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
+                     condition: torch.Tensor | None) -> torch.Tensor:
+        cos, sin = self.rotary(coords)
+        for block in self.layers:
+            x = block(x, cos, sin, mask, None, condition,
+                      attend=lambda h, attn=block.attn: attn.step(h, cos, sin, mask, index))
         x = self.norm(x)
         if self.final_adaln is not None:
             shift, scale = self.final_adaln(condition).unsqueeze(1).chunk(2, dim=-1)

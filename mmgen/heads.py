@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import CompiledStep
 from .hub import PretrainedModel
 from .sampling import SamplingConfig, sample
 from .tokens import DiscreteContent, TokenContent
@@ -298,12 +299,24 @@ class CategoricalHead(_DiscreteHead):
         """Ids ``[B, n]`` (``[B, n, D]``) through :func:`mmgen.sampling.sample`; temperature 0 is argmax."""
         B, guided = self._guided_rows(hidden_RnD, dim=self.cfg.dim, sampling=sampling, guidance_scale=guidance_scale,
                                       seeds_Bn=seeds_Bn)
+        compiled = self.__dict__.get("_compiled_logits")
+        logits = compiled(hidden_RnD) if compiled is not None and hidden_RnD.shape[1] == 1 else self._all_logits(hidden_RnD)
         codes = [
-            self._draw_codebook(projection(hidden_RnD), d=d, B=B, guided=guided, sampling=sampling,
+            self._draw_codebook(logits_RnV, d=d, B=B, guided=guided, sampling=sampling,
                                 guidance_scale=guidance_scale, seeds_Bn=seeds_Bn)
-            for d, projection in enumerate(self.projections)
+            for d, logits_RnV in enumerate(logits)
         ]
         return self._ids(codes)
+
+    def _all_logits(self, hidden_RnD: torch.Tensor) -> list[torch.Tensor]:
+        return [projection(hidden_RnD) for projection in self.projections]
+
+    def compile_decoding(self, enabled: bool = True, *, freeze: bool = False) -> None:
+        """Compute the logits of one-position steps through ``torch.compile`` (as :meth:`mmgen.GPT.compile_decoding`).
+
+        ``freeze=True`` folds the projections into the graph: call this again after changing them.
+        """
+        self.__dict__["_compiled_logits"] = CompiledStep(self._all_logits, freeze=freeze) if enabled else None
 
 
 # ---- depth transformer -------------------------------------------------------------------------------

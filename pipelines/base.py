@@ -306,6 +306,14 @@ class ARPipeline(DiffusionPipeline):
         decoded = None if output_type == "tokens" else self.tokenizer.decode(native)
         return make_output(self.tokenizer, decoded, native, output_type=output_type, return_dict=return_dict)
 
+    def compile_decoding(self, enabled: bool = True, *, freeze: bool = False) -> None:
+        """Compile the one-position decode step: the GPT's (:meth:`mmgen.GPT.compile_decoding`) and, where it has
+        one, the head's logits. ``freeze=True`` folds the weights in: call this again after changing them."""
+        self.gpt.compile_decoding(enabled, freeze=freeze)
+        compile_head = getattr(self.head, "compile_decoding", None)
+        if callable(compile_head):
+            compile_head(enabled, freeze=freeze)
+
     def _draft_source(self, decoding: str | DraftSource, draft_model: ARPipeline | None, condition: dict[str, Any],
                       sampling: SamplingConfig, seeds_B: torch.Tensor, options: dict[str, Any]) -> DraftSource:
         """The draft source a call names: n-gram and recycling sources persist on the pipeline (they learn across calls)."""
