@@ -3,7 +3,7 @@
 For the shapes-32 image model and the tones audio model (CFG 3, batch 1, one sample per prompt, each
 with its own seed) the script runs plain decoding and every draft source at temperature 0 and 1, in
 one process, alternating, and prints per source: target-GPT forwards per sample, the draft model's
-forwards, the tokens one forward confirms, wall time per sample (median of the repeats) and the
+forwards, the tokens one forward confirms (plain decoding's forwards / the source's), wall time per sample (median of the repeats) and the
 ratio plain / source, and whether the tokens equal plain decoding's (they must). The n-gram and
 recycling sources live on the pipeline, so they start from what earlier samples taught them (as in a
 long-running service); each repeat draws new seeds, so what they remember are other samples of the
@@ -35,9 +35,10 @@ from mmgen.programs import continue_tokens
 from pipelines import NextTokenPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {  # name: (checkpoint, number of classes, draft checkpoint or None)
-    "shapes32 image (8x8 ids)": (ROOT / "checkpoints/shapes32/next-token", 10, ROOT / "checkpoints/shapes32/next-token-draft"),
-    "tones audio (50 frames x 4 codebooks, delay)": (ROOT / "checkpoints/tones/next-token-rvq", 28, None),
+MODELS = {  # name: (checkpoint, number of classes, draft checkpoint or None, guidance scale of its card)
+    "shapes32 image (8x8 ids)": (ROOT / "checkpoints/shapes32/next-token", 10, ROOT / "checkpoints/shapes32/next-token-draft", 3.0),
+    "tones audio (50 frames x 4 codebooks, delay)": (ROOT / "checkpoints/tones/next-token-rvq", 28, None, 3.0),
+    "primitives octree by token (16^3)": (ROOT / "checkpoints/primitives/octree-token", 5, None, 2.0),
 }
 SOURCES = ("plain", "lookahead", "lookahead-cold", "recycling", "jacobi", "draft")
 
@@ -60,7 +61,7 @@ def count_forwards(pipe: NextTokenPipeline) -> list[int]:
     return calls
 
 
-def run_source(pipe, draft, classes, temperature, decoding, seed) -> tuple[float, list[torch.Tensor], int, int]:
+def run_source(pipe, draft, classes, temperature, decoding, seed, guidance=3.0) -> tuple[float, list[torch.Tensor], int, int]:
     """Wall seconds, tokens per prompt, target forwards and draft forwards for one pass over the prompts."""
     target_calls = count_forwards(pipe)
     draft_calls = count_forwards(draft) if draft is not None else []
@@ -69,7 +70,7 @@ def run_source(pipe, draft, classes, temperature, decoding, seed) -> tuple[float
     for c in classes:
         extra = {"draft_model": draft} if decoding == "draft" else {}
         source = NGramDraft() if decoding == "lookahead-cold" else decoding  # cold: a new source, only the sample itself
-        outs.append(pipe(class_labels=[c], temperature=temperature, guidance_scale=3.0, output_type="tokens",
+        outs.append(pipe(class_labels=[c], temperature=temperature, guidance_scale=guidance, output_type="tokens",
                          generator=torch.Generator().manual_seed(seed + c), decoding=source, **extra).tokens)
     seconds = time.perf_counter() - start
     pipe.gpt.hidden_states = pipe.gpt.__class__.hidden_states.__get__(pipe.gpt)
@@ -78,23 +79,27 @@ def run_source(pipe, draft, classes, temperature, decoding, seed) -> tuple[float
     return seconds, outs, len(target_calls), len(draft_calls)
 
 
-def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path | None, prompts: int, repeats: int) -> None:
+def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path | None, guidance: float, prompts: int,
+                      repeats: int) -> None:
     pipe = load(path)
     draft = load(draft_path) if draft_path is not None and draft_path.exists() else None
     classes = [round(i * num_classes / prompts) % num_classes for i in range(prompts)]
     sources = [s for s in SOURCES if s != "draft" or draft is not None]
     positions = pipe.program().num_steps
-    print(f"\n### {name}: `{path.relative_to(ROOT)}`, {positions} steps a sample, {prompts} prompts, batch 1, CFG 3\n")
+    steps = "up to " if pipe.tokenizer.token_spec().octree_depth else ""  # an octree's length is its own
+    print(f"\n### {name}: `{path.relative_to(ROOT)}`, {steps}{positions} steps a sample, {prompts} prompts, batch 1, "
+          f"CFG {guidance:g}\n")
     print("| T | decoding | target forwards / sample | draft forwards / sample | tokens / forward | ms / sample | plain / this | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
     for temperature in (0.0, 1.0):
         for decoding in sources:  # warm-up: first calls, and the sources' first lessons
-            run_source(pipe, draft, classes[:1], temperature, decoding, seed=10_000)
+            run_source(pipe, draft, classes[:1], temperature, decoding, seed=10_000, guidance=guidance)
         times = {s: [] for s in sources}
         result = {}
         for repeat in range(repeats):  # new seeds each repeat: what a source remembers is other samples, not these
             for decoding in sources:
-                seconds, outs, forwards, draft_forwards = run_source(pipe, draft, classes, temperature, decoding, seed=100 * repeat)
+                seconds, outs, forwards, draft_forwards = run_source(pipe, draft, classes, temperature, decoding, seed=100 * repeat,
+                                                                     guidance=guidance)
                 times[decoding].append(seconds)
                 result[decoding] = (outs, forwards, draft_forwards)
         plain_outs = result["plain"][0]
@@ -104,7 +109,7 @@ def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path 
             s = statistics.median(times[decoding])
             same = all(torch.equal(a, b) for a, b in zip(outs, plain_outs))
             print(f"| {temperature:g} | {decoding} | {forwards / prompts:.1f} | {draft_forwards / prompts:.1f} | "
-                  f"{positions * prompts / forwards:.2f} | {1000 * s / prompts:.0f} | {plain_s / s:.2f}x | {same} |", flush=True)
+                  f"{result['plain'][1] / forwards:.2f} | {1000 * s / prompts:.0f} | {plain_s / s:.2f}x | {same} |", flush=True)
 
 
 def plain_step_table(repeats: int) -> None:
@@ -156,7 +161,7 @@ def plain_step_table(repeats: int) -> None:
 
 def compiled_shipped_row(repeats: int) -> None:
     """The shipped image model's plain decoding, eager vs a compiled step with frozen weights (same tokens)."""
-    path, num_classes, _ = MODELS["shapes32 image (8x8 ids)"]
+    path, num_classes, _, _ = MODELS["shapes32 image (8x8 ids)"]
     eager, fast = load(path), load(path)
     fast.compile_decoding(freeze=True)
     classes = list(range(num_classes))
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3 prompts, 1 repeat, no plain-step tables")
     parser.add_argument("--only-plain-step", action="store_true", help="only the plain-step tables")
+    parser.add_argument("--models", nargs="+", default=None, help="only the models whose name holds one of these words")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,8 +194,9 @@ def main() -> None:
     print(f"# decoding benchmark: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {repeats}")
     if not args.only_plain_step:
-        for name, (path, num_classes, draft_path) in MODELS.items():
-            speculative_table(name, path, num_classes, draft_path, prompts, repeats)
+        for name, (path, num_classes, draft_path, guidance) in MODELS.items():
+            if args.models is None or any(word in name for word in args.models):
+                speculative_table(name, path, num_classes, draft_path, guidance, prompts, repeats)
     if not args.quick:
         plain_step_table(repeats)
         compiled_shipped_row(repeats)

@@ -316,6 +316,43 @@ class OctreeProgram:
                 row.known += cells.shape[0]
         return state
 
+    def fork(self, state: _OctreeState) -> _OctreeState:
+        """A copy that later ``accept`` calls leave the original untouched by (speculative drafts)."""
+        rows = [_Row(list(r.cells), list(r.child), list(r.parent), list(r.level), list(r.tokens), r.drawn, r.known)
+                for r in state.rows]
+        return _OctreeState(rows, state.first)
+
+    def draft_slots(self, state: _OctreeState, tokens_BN: torch.Tensor,
+                    depths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """By token: the slots after candidate tokens in one go, where those slots are nodes already known.
+
+        Node i's token fills node ``drawn + depths[i]`` of its row and its slot is the next node, whose cell,
+        parent and level are known once it is in the queue; it holds the candidate as its previous token.
+        None (fork per node instead) by level, at the start, or where a slot's node follows from a candidate.
+        """
+        deepest = max(depths, default=0) + 1
+        live = [row.drawn < row.known for row in state.rows]
+        if self.order.by != "token" or state.first or any(alive and row.drawn + deepest >= row.known
+                                                           for row, alive in zip(state.rows, live)):
+            return None
+        device = self.gpt.device
+        B, N = tokens_BN.shape[:2]
+        offsets = torch.tensor(depths, dtype=torch.long) + 1
+        tables = self.order.input_content.num_codebooks
+        ids = torch.zeros(B, N, tables, dtype=torch.long, device=device)
+        coords = torch.zeros(B, N, 4, device=device)
+        for b, row in enumerate(state.rows):
+            if not live[b]:
+                continue
+            nodes = _row_nodes(row, row.drawn, row.drawn + deepest + 1)
+            index = offsets.to(nodes.level_N.device)
+            picked = OctreeNodes(nodes.level_N[index], nodes.cells_N3[index], nodes.child_N[index], nodes.parent_N[index],
+                                 length=nodes.length, complete=True)
+            ids[b] = self.order.node_inputs(picked, tokens_BN[b].to(device))
+            coords[b] = picked.coords(self.depth)
+        valid = torch.tensor(live, dtype=torch.bool, device=device).view(B, 1).expand(B, N)
+        return self.gpt.embed_tokens(ids), coords, valid
+
     def result(self, state: _OctreeState) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = [torch.cat(row.tokens) for row in state.rows]
         L = max(s.shape[0] for s in seqs)

@@ -228,3 +228,29 @@ def test_residual_verification_is_distributed_as_the_target_whatever_the_draft(w
     assert chi_square_pvalue(out, p) > FALSE_ALARM
     expected = torch.minimum(p, q).sum() if with_q else (p * q).sum()  # P(accept): sum min(p, q), or E_q[p(c)]
     assert abs(accepted.float().mean() - expected) < 0.02
+
+
+@pytest.mark.parametrize("resolution", [8, 16])
+@torch.inference_mode()
+def test_the_one_call_draft_slots_equal_the_per_node_forks(resolution):
+    """PatternProgram's and OctreeProgram's draft_slots give what forking the state per node gives."""
+    from mmgen.speculative import _forked_slots
+
+    tokenizer = OctreeTokenizer({"resolution": resolution})
+    cases = [build(NextTokenPipeline, tokenizer), image_pipe()]
+    for pipe in cases:
+        seq = pipe.tokenize(torch.rand(2, resolution, resolution, resolution, generator=gen(4)) > 0.6) \
+            if pipe is cases[0] else pipe.to_sequence(pipe.tokenizer.to_positions(tokens(pipe)))[:2]
+        program = pipe.program()
+        state = program.start(2, pipe.gpt.device)
+        request = program.next_group(state)
+        for i in range(3):  # a few tokens in: the start is behind, the next nodes are known
+            state = program.accept(state, seq[:, i:i + 1], request.valid_Bn)
+            request = program.next_group(state)
+        chain = seq[:, 3:6]
+        tree = DraftTree(chain, chain_parents(3), torch.ones(2, 3, dtype=torch.bool))
+        fast = program.draft_slots(program.fork(state), chain, tree.depths)
+        assert fast is not None
+        slow = _forked_slots(program, state, request, tree)
+        for a, b in zip(fast, slow):
+            assert torch.allclose(a.float(), b.float())
