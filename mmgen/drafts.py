@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .generation import Decoder, _prefill
 from .speculative import DraftTree, VerifiedStep, _fork, chain_parents
 
 __all__ = ["NGramDraft", "RecycledDraft", "JacobiDraft", "ModelDraft", "chains_tree", "branching_parents"]
@@ -157,7 +158,15 @@ def branching_parents(branching: tuple[int, ...]) -> tuple[tuple[int, ...], list
     return tuple(parents), ranks
 
 
-class RecycledDraft:
+class _LastKept:
+    """The last kept token of each row (the root slot's input), and a tensor whose device drafts go to."""
+
+    def _keep_last(self, tokens: torch.Tensor | None) -> None:
+        self._last: list[Token] | None = None if tokens is None else [row[-1] for row in _as_tokens(tokens)]
+        self._like = None if tokens is None else tokens[:, :1]
+
+
+class RecycledDraft(_LastKept):
     """Token Recycling: the target's top-k next tokens, remembered per fed token, drafted as a static tree.
 
     After every forward, each position's fed token maps to the target's ``k`` most likely next
@@ -177,8 +186,7 @@ class RecycledDraft:
         self.table: dict[Token, list[Token]] = {}
 
     def begin(self, batch_size: int, prefill: torch.Tensor | None) -> None:
-        self._last: list[Token] | None = None if prefill is None else [row[-1] for row in _as_tokens(prefill)]
-        self._like = None if prefill is None else prefill[:, :1]
+        self._keep_last(prefill)
 
     def propose(self) -> DraftTree | None:
         if self._last is None:
@@ -212,14 +220,13 @@ class RecycledDraft:
             for t in range(0 if step.root_input_known else 1, len(inputs[b])):
                 if valid[b][t]:
                     self.table[inputs[b][t]] = ranked[b][t]
-        self._last = [row[-1] for row in _as_tokens(step.accepted)]
-        self._like = step.accepted[:, :1]
+        self._keep_last(step.accepted)
 
     def end(self, sequences: torch.Tensor, valid: torch.Tensor) -> None:
         return None
 
 
-class JacobiDraft:
+class JacobiDraft(_LastKept):
     """Jacobi decoding: a window of ``window`` guesses for the next positions, refined by every forward.
 
     The target's draws at the window's positions (each conditioned on the guesses before it) are the
@@ -234,8 +241,7 @@ class JacobiDraft:
 
     def begin(self, batch_size: int, prefill: torch.Tensor | None) -> None:
         self._guesses: list[list[Token]] = [[] for _ in range(batch_size)]
-        self._last: list[Token] | None = None if prefill is None else [row[-1] for row in _as_tokens(prefill)]
-        self._like = None if prefill is None else prefill[:, :1]
+        self._keep_last(prefill)
 
     def propose(self) -> DraftTree | None:
         if self._last is None:
@@ -248,8 +254,7 @@ class JacobiDraft:
         m = step.accepted.shape[1]
         if step.tree is not None:
             self._guesses = [row[m:] for row in _as_tokens(step.targets)]
-        self._last = [row[-1] for row in _as_tokens(step.accepted)]
-        self._like = step.accepted[:, :1]
+        self._keep_last(step.accepted)
 
     def end(self, sequences: torch.Tensor, valid: torch.Tensor) -> None:
         return None
@@ -268,23 +273,18 @@ class ModelDraft:
 
     def __init__(self, *, gpt: Any, head: Any, program: Any, cond: Any, sampling: Any, seeds_B: torch.Tensor,
                  length: int = 4) -> None:
-        from .generation import Decoder
-
         self.gpt, self.head, self.program, self.cond, self.sampling = gpt, head, program, cond, sampling
         self.length = _positive("length", length)
         self.max_nodes = self.length
         self.seeds_B = seeds_B.to(gpt.device)
-        self._decoder_class = Decoder
 
     def begin(self, batch_size: int, prefill: torch.Tensor | None) -> None:
-        from .generation import _prefill
-
         self.state = self.program.start(batch_size, self.gpt.device)
         self.slots_B = torch.zeros(batch_size, dtype=torch.long, device=self.gpt.device)
         self.pending = []
         if prefill is not None:
             self.state, self.pending, self.slots_B, _ = _prefill(self.program, self.state, prefill, self.slots_B)
-        self.decoder = self._decoder_class(self.gpt, self.cond, capacity=self.program.num_positions)
+        self.decoder = Decoder(self.gpt, self.cond, capacity=self.program.num_positions)
         self.started = False
         self.step = 0
 

@@ -157,11 +157,9 @@ class Decoder:
         self.layout.groups[:, start:end] = group
         self.layout.valid[:, start:end] = valid.to(self.layout.valid.device)
 
-    def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None,
-                all_groups: bool = False) -> torch.Tensor:
+    def forward(self, requests: list[GroupRequest], *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``requests`` (one group each) and return the hidden states ``[R, n_last, dim]`` of the last one.
 
-        ``all_groups``: return those of every request's slots ``[R, sum n, dim]`` (a speculative tree).
         ``attention_mask`` (bool ``[R | 1, sum n, start + sum n]``) replaces the group mask for these queries.
         """
         if not isinstance(requests, (list, tuple)) or not requests:
@@ -192,7 +190,7 @@ class Decoder:
             hidden = self.gpt.hidden_states(x, layout=self.layout, start_pos=start, condition=self.cond.adaln_RA,
                                             attention_mask=attention_mask)
         self.length = pos
-        return hidden[:, -size:] if all_groups else hidden[:, -requests[-1].size:]
+        return hidden[:, -requests[-1].size:]
 
     @property
     def next_position(self) -> int:
@@ -239,7 +237,7 @@ class Decoder:
         lay.coords[:, end:self.length] = 0
         lay.groups[:, end:self.length] = 0
         lay.valid[:, end:self.length] = False
-        self.length = end if m else start
+        self.length = end
         self.num_groups = int(lay.groups[:, :end].max()) + 1 if end > self.cond.num_prefix else 1
 
     def rollback(self, num_positions: int) -> None:

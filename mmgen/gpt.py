@@ -148,8 +148,7 @@ class KVCache(nn.Module):
 
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (zeroed, as never written): a rollback."""
-        self.k[:, :, length:] = 0
-        self.v[:, :, length:] = 0
+        self.forget(length, self.k.shape[2])
 
 
 class Attention(nn.Module):
@@ -162,7 +161,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.cache: KVCache | None = None
 
-    def forward(self, x_BTD, cos, sin, mask, start_pos: int | None) -> torch.Tensor:
+    def _qkv(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``[B, heads, T, head_dim]``, normalised (QK-norm) and rotated."""
         B, T, _ = x_BTD.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.wqkv(x_BTD).split([q_size, kv_size, kv_size], dim=-1)
@@ -171,7 +171,11 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x_BTD, cos, sin, mask, start_pos: int | None) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q, k, v = self._qkv(x_BTD, cos, sin)
         if start_pos is not None and self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)
         is_causal = isinstance(mask, str)
@@ -181,25 +185,16 @@ class Attention(nn.Module):
             is_causal=is_causal,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        return self.wo(out.transpose(1, 2).reshape(B, T, q_size))
-
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def step(self, x_R1D: torch.Tensor, cos, sin, mask_R11L: torch.Tensor, position_1: torch.Tensor) -> torch.Tensor:
         """One position, static shapes: write its key/value at ``position_1`` and attend over the whole cache (masked)."""
-        R = x_R1D.shape[0]
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x_R1D).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(R, 1, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(R, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(R, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._qkv(x_R1D, cos, sin)
         self.cache.k.index_copy_(2, position_1, k.to(self.cache.k.dtype))
         self.cache.v.index_copy_(2, position_1, v.to(self.cache.v.dtype))
         out = F.scaled_dot_product_attention(q, self.cache.k, self.cache.v, attn_mask=mask_R11L,
                                              enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.wo(out.transpose(1, 2).reshape(R, 1, q_size))
+        return self.wo(out.transpose(1, 2).reshape(x_R1D.shape[0], 1, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -425,13 +420,12 @@ class GPT(PretrainedModel):
         several times faster in bfloat16): the weights must not change afterwards; call this again if
         they do. Results equal the eager step's up to float rounding.
         """
-        self.__dict__["_compiled_step"] = None
+        self.__dict__["_compiled_step"] = CompiledStep(self._static_step, freeze=freeze) if enabled else None
         self.__dict__["_cache_pool"] = {}
-        self.__dict__["_compile_options"] = (bool(enabled), bool(freeze))
 
     @property
     def decoding_compiled(self) -> bool:
-        return self.__dict__.get("_compile_options", (False, False))[0]
+        return self.__dict__.get("_compiled_step") is not None
 
     def decode_step(self, x_R1D: torch.Tensor, *, layout: TokenLayout, position: int,
                     condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -450,12 +444,7 @@ class GPT(PretrainedModel):
         coords = layout.coords[:, position:position + 1].to(x_R1D.device)
         mask = layout.attention_mask(position, position + 1)[:, None].to(x_R1D.device)
         index = torch.tensor([position], device=x_R1D.device)
-        enabled, freeze = self.__dict__.get("_compile_options", (False, False))
-        step = self._static_step
-        if enabled:
-            if self.__dict__.get("_compiled_step") is None:
-                self.__dict__["_compiled_step"] = CompiledStep(self._static_step, freeze=freeze)
-            step = self.__dict__["_compiled_step"]
+        step = self.__dict__.get("_compiled_step") or self._static_step
         return step(x_R1D, coords, mask, index, condition)
 
     def _static_step(self, x: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,

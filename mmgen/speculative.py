@@ -33,8 +33,10 @@ import torch
 from .conditioning import Conditioning
 from .generation import Decoder, GroupRequest, Program, _begin
 from .gpt import GPT
-from .heads import Head
+from .heads import CategoricalHead, Head
 from .sampling import SamplingConfig, sample
+from .sampling.guidance import combine_guidance
+from .sampling.rng import log_uniforms
 
 __all__ = ["DraftTree", "DraftSource", "VerifiedStep", "generate_speculative", "chain_parents", "verify_residual",
            "DecodingStats"]
@@ -93,9 +95,8 @@ class VerifiedStep:
     ``targets`` ``[B, 1 + N]``: the target's draw at every position; ``inputs`` ``[B, 1 + N]``: the token
     each position's slot was fed (the root: the last kept token; then the candidates); ``topk``
     ``[B, 1 + N, k]`` (``[..., k, D]``): the target's most likely next tokens there, when the source
-    asked for them; ``valid`` ``[B, 1 + N]``: the positions that exist per row; ``path_lengths`` ``[B]``: how
-    far each row's own accepted path went; ``root_input_known``: False on the first step (the root was fed
-    the start input, not a token).
+    asked for them; ``valid`` ``[B, 1 + N]``: the positions that exist per row; ``root_input_known``: False on
+    the first step (the root was fed the start input, not a token).
     """
 
     accepted: torch.Tensor
@@ -104,7 +105,6 @@ class VerifiedStep:
     valid: torch.Tensor
     tree: DraftTree | None
     topk: torch.Tensor | None
-    path_lengths: torch.Tensor
     root_input_known: bool
 
 
@@ -262,17 +262,13 @@ def _paths(tree: DraftTree | None, targets: torch.Tensor, valid_BT: torch.Tensor
 
 def _topk(head: Head, hidden_RTD: torch.Tensor, k: int, *, B: int, scale: float) -> torch.Tensor:
     """The target's k most likely tokens per position ``[B, T, k]`` (``[B, T, k, D]``; codebooks ranked alike), guided."""
-    logits = getattr(head, "logits", None)
-    if not callable(logits) or getattr(head, "num_codebooks", None) is None or type(head).__name__ == "DepthHead":
+    if not isinstance(head, CategoricalHead):
         raise ValueError(f"this draft source reads the target's top-k tokens, which needs a categorical head; got {type(head).__name__}")
-    per_codebook = logits(hidden_RTD)
-    per_codebook = per_codebook if isinstance(per_codebook, list) else [per_codebook]
     ranked = []
-    for logits_RTV in per_codebook:
-        x = logits_RTV.float()
-        if x.shape[0] == 2 * B and scale != 1.0:
-            x = x[B:] + scale * (x[:B] - x[B:])
-        ranked.append(x[:B].topk(min(k, x.shape[-1]), dim=-1).indices)
+    for logits_RTV in head._all_logits(hidden_RTD):
+        guided = logits_RTV.shape[0] == 2 * B and scale != 1.0
+        x = combine_guidance(logits_RTV[:B], logits_RTV[B:], scale) if guided else logits_RTV[:B].float()
+        ranked.append(x.topk(min(k, x.shape[-1]), dim=-1).indices)
     return ranked[0] if len(ranked) == 1 else torch.stack(ranked, dim=-1)
 
 
@@ -334,23 +330,22 @@ def generate_speculative(
             m = min((len(p) for p, alive in zip(paths, live) if alive), default=1)
             kept_BM = torch.tensor([p[:m] if len(p) >= m else p + [-1] * (m - len(p)) for p in paths], device=device)
             accepted = targets.gather(1, kept_BM.clamp(min=0).view(B, m, *([1] * (targets.dim() - 2))).expand(B, m, *targets.shape[2:]))
-            m, accepted = _accept(program, state, root, accepted, m, step, callback, slots_B, progress)
-            state = accepted.state
+            state, kept = _accept(program, state, root, accepted, step, callback, slots_B, progress)
+            m = kept.shape[1]  # fewer than drawn where a callback replaced a token
             decoder.keep(start, _kept_index(pending, kept_BM[:, :m]))
             stats.tokens += m
             if tree is not None:
                 stats.proposed += tree.size
                 stats.accepted += m - 1
-            path_lengths = torch.tensor([len(p) for p in paths])
             inputs = targets.new_zeros(targets.shape)
             if last_B is not None:
                 inputs[:, 0] = last_B
             if tree is not None:
                 inputs[:, 1:] = tree.tokens.to(inputs.device)
             topk = _topk(head, hidden, draft.topk, B=B, scale=scales[0]) if getattr(draft, "topk", 0) else None
-            draft.observe(VerifiedStep(accepted=accepted.tokens, targets=targets, inputs=inputs, valid=valid_BT, tree=tree,
-                                       topk=topk, path_lengths=path_lengths, root_input_known=last_B is not None))
-            last_B = accepted.tokens[:, -1]
+            draft.observe(VerifiedStep(accepted=kept, targets=targets, inputs=inputs, valid=valid_BT, tree=tree,
+                                       topk=topk, root_input_known=last_B is not None))
+            last_B = kept[:, -1]
             pending = []
             step += m
     finally:
@@ -371,34 +366,28 @@ def _kept_index(pending: list[GroupRequest], kept_Bm: torch.Tensor) -> torch.Ten
     return torch.cat([before, torch.where(kept_Bm >= 0, kept_Bm + n, kept_Bm)], dim=1)
 
 
-@dataclass
-class _Accepted:
-    state: Any
-    tokens: torch.Tensor
-
-
-def _accept(program: Program, state: Any, root: GroupRequest, drawn: torch.Tensor, m: int, step: int,
+def _accept(program: Program, state: Any, root: GroupRequest, drawn: torch.Tensor, step: int,
             callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None, slots_B: torch.Tensor,
-            progress: Callable[[], None] | None) -> tuple[int, _Accepted]:
-    """Give the program the ``m`` kept tokens step by step (a callback's replacement ends the step there)."""
+            progress: Callable[[], None] | None) -> tuple[Any, torch.Tensor]:
+    """Give the program the drawn tokens ``[B, m, ...]`` step by step; returns its state and the tokens kept
+    (a callback's replacement is kept and ends the step there)."""
     kept = []
     request = root
-    for i in range(m):
+    for i in range(drawn.shape[1]):
         if i:
             request = _one_slot(program.next_group(state))
         tokens = drawn[:, i:i + 1]
-        if callback is not None:
-            replaced = callback(step + i, tokens)
-            if replaced is not None and not torch.equal(replaced, tokens):
-                tokens, m = replaced, i + 1
+        replaced = None if callback is None else callback(step + i, tokens)
+        changed = replaced is not None and not torch.equal(replaced, tokens)
+        tokens = replaced if changed else tokens
         state = program.accept(state, tokens, request.valid_Bn)
         slots_B += request.valid_Bn.to(slots_B.device).sum(1)
         kept.append(tokens)
         if progress is not None:
             progress()
-        if len(kept) == m:
+        if changed:
             break
-    return m, _Accepted(state, torch.cat(kept, dim=1))
+    return state, torch.cat(kept, dim=1)
 
 
 def verify_residual(target_probs_NV: torch.Tensor, draft_probs_NV: torch.Tensor | None, candidates_N: torch.Tensor, *,
@@ -430,7 +419,5 @@ _RESIDUAL_STREAM = 0x2545F4914F6CDD1D  # offsets a slot's seed for its residual 
 
 def _uniform(seeds_N: torch.Tensor) -> torch.Tensor:
     """One uniform in (0, 1) per row from its seed (the sampler's counter-based hash; sample index 1)."""
-    from .sampling.rng import log_uniforms
-
     cols = torch.zeros(1, 1, dtype=torch.long, device=seeds_N.device)
     return log_uniforms(seeds_N, 1, 1, cols).view(-1).exp()
