@@ -76,6 +76,9 @@ class RVQAudioConfig(FrontendFields):
     kernel_size: int = 7
     causal: bool = False
     weight_norm: bool = True
+    pad_mode: str = "zeros"
+    conv_shortcut: bool = False
+    lstm_layers: int = 0
     codebook_size: int = 1024
     num_quantizers: int = 8
     generator_quantizers: int | None = None
@@ -169,7 +172,8 @@ class RVQAudioCodec(PretrainedModel):
         self.cfg = cfg
         backbone = {"channels": 1, "dim": cfg.dim, "base_channels": cfg.base_channels, "strides": cfg.strides,
                     "num_res_blocks": cfg.num_res_blocks, "kernel_size": cfg.kernel_size, "causal": cfg.causal,
-                    "weight_norm": cfg.weight_norm}
+                    "weight_norm": cfg.weight_norm, "pad_mode": cfg.pad_mode, "conv_shortcut": cfg.conv_shortcut,
+                    "lstm_layers": cfg.lstm_layers}
         self.encoder = build_encoder(cfg, backbone)
         self.decoder = build_decoder(cfg, backbone)
         # commitment is computed here (masked per item), so the layers' own is off; quantize_dropout only

@@ -7,17 +7,23 @@ the width. The decoder mirrors it with transposed convs and has no output nonlin
 the raw waveform, and a codec clamps to [-1, 1] when it decodes.
 
 Every conv is padded so a stride ``s`` maps ``n`` samples to exactly ``n / s``: with ``causal=True``
-all padding is on the left, so an output sample depends only on the past. Zero padding (not
-reflect) makes the start of a stream the same as the start of an offline pass, so
+all padding is on the left, so an output sample depends only on the past. The stack streams:
 :meth:`SEANetEncoder.streaming` / :meth:`SEANetDecoder.streaming` give the offline result chunk by
 chunk: each conv carries its last input samples as the left context of the next chunk, each
-transposed conv the tail of its output that the next chunk's first frames overlap.
+transposed conv the tail of its output that the next chunk's first frames overlap, each LSTM its state.
+
+Three switches exist for EnCodec's published weights (``mmgen convert --from encodec``), off in our
+own presets: ``pad_mode="reflect"`` (EnCodec reflects the signal into its padding; zeros are our
+default), ``conv_shortcut=True`` (a 1×1 conv on each residual unit's skip path instead of the
+identity) and ``lstm_layers=k`` (a k-layer LSTM with a skip connection at the narrowest point: after
+the last downsampling conv of the encoder, after the first conv of the decoder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from math import prod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +31,17 @@ from torch import nn
 
 __all__ = ["SEANetDecoder", "SEANetEncoder", "SEANetStream"]
 
-States = dict[nn.Module, torch.Tensor]
+States = dict[nn.Module, Any]
+PAD_MODES = ("zeros", "reflect")
+
+
+def _pad(x_BCn: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
+    """Pad the time axis; ``"reflect"`` on a signal too short to reflect zero-extends it first (as EnCodec does)."""
+    if mode == "zeros" or not (left or right):
+        return F.pad(x_BCn, (left, right))
+    extra = max(0, max(left, right) - x_BCn.shape[-1] + 1)
+    padded = F.pad(F.pad(x_BCn, (0, extra)), (left, right), mode="reflect")
+    return padded[..., :padded.shape[-1] - extra]
 
 
 def _maybe_weight_norm(module: nn.Module, enabled: bool) -> nn.Module:
@@ -36,19 +52,20 @@ class _Conv(nn.Module):
     """Conv1d mapping ``n`` samples to ``n / stride``; ``context`` = the past samples one output needs."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
-                 causal: bool, weight_norm: bool) -> None:
+                 causal: bool, weight_norm: bool, pad_mode: str = "zeros") -> None:
         super().__init__()
         self.conv = _maybe_weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation),
                                        weight_norm)
         self.context = (kernel_size - 1) * dilation + 1 - stride
         self.left = self.context if causal else self.context - self.context // 2
+        self.pad_mode = pad_mode
 
     def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x_BCn, (self.left, self.context - self.left)))
+        return self.conv(_pad(x_BCn, self.left, self.context - self.left, self.pad_mode))
 
     def step(self, x_BCn: torch.Tensor, states: States) -> torch.Tensor:
-        past = states.get(self, x_BCn.new_zeros(*x_BCn.shape[:2], self.context))
-        buffer = torch.cat([past, x_BCn], dim=-1)
+        # the first chunk is padded as the offline pass pads the start; later ones carry the past samples
+        buffer = torch.cat([states[self], x_BCn], dim=-1) if self in states else _pad(x_BCn, self.context, 0, self.pad_mode)
         states[self] = buffer[..., buffer.shape[-1] - self.context:]
         return self.conv(buffer)
 
@@ -78,18 +95,39 @@ class _ConvTranspose(nn.Module):
 
 
 class _ResidualUnit(nn.Module):
-    """``x + conv1x1(elu(dilated_conv(elu(x))))`` at half width inside (SEANet's compress = 2)."""
+    """``skip(x) + conv1x1(elu(dilated_conv(elu(x))))`` at half width inside (SEANet's compress = 2).
 
-    def __init__(self, width: int, *, dilation: int, causal: bool, weight_norm: bool) -> None:
+    ``skip`` is the identity, or a 1×1 conv with ``conv_shortcut`` (EnCodec's published models).
+    """
+
+    def __init__(self, width: int, *, dilation: int, conv_shortcut: bool = False, **conv: Any) -> None:
         super().__init__()
-        self.inner = _Stack(nn.ELU(), _Conv(width, width // 2, 3, dilation=dilation, causal=causal, weight_norm=weight_norm),
-                            nn.ELU(), _Conv(width // 2, width, 1, causal=causal, weight_norm=weight_norm))
+        self.inner = _Stack(nn.ELU(), _Conv(width, width // 2, 3, dilation=dilation, **conv),
+                            nn.ELU(), _Conv(width // 2, width, 1, **conv))
+        self.shortcut = _Conv(width, width, 1, **conv) if conv_shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.inner(x)
+        return (x if self.shortcut is None else self.shortcut(x)) + self.inner(x)
 
     def step(self, x: torch.Tensor, states: States) -> torch.Tensor:
-        return x + self.inner.step(x, states)
+        return (x if self.shortcut is None else self.shortcut.step(x, states)) + self.inner.step(x, states)
+
+
+class _SkipLSTM(nn.Module):
+    """``x + lstm(x)`` over time, on ``[B, C, n]`` (EnCodec's LSTM at the narrowest point of the stack)."""
+
+    def __init__(self, width: int, num_layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(width, width, num_layers)
+
+    def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
+        x_nBC = x_BCn.permute(2, 0, 1)
+        return (self.lstm(x_nBC)[0] + x_nBC).permute(1, 2, 0)
+
+    def step(self, x_BCn: torch.Tensor, states: States) -> torch.Tensor:
+        x_nBC = x_BCn.permute(2, 0, 1)
+        y_nBC, states[self] = self.lstm(x_nBC, states.get(self))
+        return (y_nBC + x_nBC).permute(1, 2, 0)
 
 
 class _Stack(nn.Sequential):
@@ -102,7 +140,7 @@ class _Stack(nn.Sequential):
 
 
 def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequence[int], num_res_blocks: int,
-                 kernel_size: int) -> tuple[int, ...]:
+                 kernel_size: int, pad_mode: str, lstm_layers: int) -> tuple[int, ...]:
     for name, value in (("channels", channels), ("dim", dim), ("base_channels", base_channels), ("kernel_size", kernel_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -113,29 +151,38 @@ def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequen
         raise ValueError(f"strides must be a non-empty sequence of positive ints, got {strides!r}")
     if base_channels < 2:
         raise ValueError(f"base_channels must be >= 2 (residual units work at half width), got {base_channels}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    if isinstance(lstm_layers, bool) or not isinstance(lstm_layers, int) or lstm_layers < 0:
+        raise ValueError(f"lstm_layers must be an int >= 0, got {lstm_layers!r}")
     return strides
 
 
-def _residual_units(width: int, num_res_blocks: int, **conv: bool) -> list[nn.Module]:
+def _residual_units(width: int, num_res_blocks: int, **conv: Any) -> list[nn.Module]:
     return [_ResidualUnit(width, dilation=2**j, **conv) for j in range(num_res_blocks)]
+
+
+def _lstm(width: int, lstm_layers: int) -> list[nn.Module]:
+    return [_SkipLSTM(width, lstm_layers)] if lstm_layers else []
 
 
 class SEANetEncoder(nn.Module):
     """Waveform ``[B, channels, T]`` → latents ``[B, dim, T // hop_length]`` (``T`` a multiple of ``hop_length``)."""
 
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
-                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True) -> None:
+                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
+                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0) -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
-                               num_res_blocks=num_res_blocks, kernel_size=kernel_size)
-        conv = {"causal": causal, "weight_norm": weight_norm}
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers)
+        conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
         layers: list[nn.Module] = [_Conv(channels, base_channels, kernel_size, **conv)]
         width = base_channels
         for stride in strides:
-            layers += _residual_units(width, num_res_blocks, **conv)
+            layers += _residual_units(width, num_res_blocks, conv_shortcut=conv_shortcut, **conv)
             layers += [nn.ELU(), _Conv(width, 2 * width, 2 * stride, stride=stride, **conv)]
             width *= 2
-        layers += [nn.ELU(), _Conv(width, dim, kernel_size, **conv)]
+        layers += [*_lstm(width, lstm_layers), nn.ELU(), _Conv(width, dim, kernel_size, **conv)]
         self.net = _Stack(*layers)
         self.channels, self.dim, self.causal = channels, dim, causal
         self.strides = strides
@@ -154,17 +201,18 @@ class SEANetDecoder(nn.Module):
     """Latents ``[B, dim, t]`` → waveform ``[B, channels, t · hop_length]``, unbounded (no final tanh or clamp)."""
 
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
-                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True) -> None:
+                 num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
+                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0) -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
-                               num_res_blocks=num_res_blocks, kernel_size=kernel_size)
-        conv = {"causal": causal, "weight_norm": weight_norm}
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers)
+        conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
         width = base_channels * 2 ** len(strides)
-        layers: list[nn.Module] = [_Conv(dim, width, kernel_size, **conv)]
+        layers: list[nn.Module] = [_Conv(dim, width, kernel_size, **conv), *_lstm(width, lstm_layers)]
         for stride in reversed(strides):
-            layers += [nn.ELU(), _ConvTranspose(width, width // 2, stride, **conv)]
+            layers += [nn.ELU(), _ConvTranspose(width, width // 2, stride, causal=causal, weight_norm=weight_norm)]
             width //= 2
-            layers += _residual_units(width, num_res_blocks, **conv)
+            layers += _residual_units(width, num_res_blocks, conv_shortcut=conv_shortcut, **conv)
         layers += [nn.ELU(), _Conv(width, channels, kernel_size, **conv)]
         self.net = _Stack(*layers)
         self.channels, self.dim, self.causal = channels, dim, causal

@@ -436,6 +436,17 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- convert -------------------------------------------------------------------------------------------
+def _convert(args: argparse.Namespace) -> int:
+    """Write another project's published weights as an mmgen folder."""
+    from .convert import convert
+
+    start = time.perf_counter()
+    dst = convert(args.source, args.src, args.dst, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    print(f"mmgen convert: {args.src} ({args.source}) written to {dst} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------------
 def _command(commands: Any, name: str, *, summary: str, description: str, example: str) -> argparse.ArgumentParser:
     return commands.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
@@ -548,6 +559,25 @@ def _add_upgrade(commands: Any) -> None:
     cmd.set_defaults(run=_upgrade)
 
 
+def _add_convert(commands: Any) -> None:
+    from .convert import SOURCES
+
+    sources = ", ".join(f"{name} ({spec.layout} -> {spec.builds})" for name, spec in SOURCES.items())
+    cmd = _command(commands, "convert", summary="convert another project's published weights into an mmgen folder",
+                   description=f"Read a published checkpoint (a folder with config.json and model.safetensors, or a weights "
+                               f"file with config.json beside it) and write the same model as an mmgen folder with a "
+                               f"model card naming the source. Sources: {sources}. Pickle checkpoints are refused "
+                               f"unless --allow-pickle. Keys or shapes that do not fit are listed in the error.",
+                   example="mmgen convert --from encodec encodec_24khz/ outputs/encodec-24khz")
+    cmd.add_argument("--from", dest="source", required=True, choices=sorted(SOURCES), help="the project the weights come from")
+    cmd.add_argument("src", type=Path, help="the published folder (config.json + weights) or weights file")
+    cmd.add_argument("dst", type=Path, help="folder to write (must not exist unless --overwrite)")
+    cmd.add_argument("--allow-pickle", action="store_true",
+                     help="load a pickle checkpoint (.bin/.pt/.pth/.th/.ckpt); unpickling can run code from the file")
+    cmd.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    cmd.set_defaults(run=_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgen", description="Autoregressive multimodal generation on one shared GPT backbone.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -607,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_info(commands)
     _add_upgrade(commands)
+    _add_convert(commands)
     return parser
 
 

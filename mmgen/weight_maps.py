@@ -1,0 +1,116 @@
+"""Published state dicts into our modules: rename by rules, check every key, assign.
+
+A converter (``mmgen convert --from …``) states how the original's names become ours as a list of
+:class:`Rule` templates, ``"encoder.layers.{i}.conv.{rest}" -> "encoder.net.{i}.conv.{rest}"``: a
+``{name}`` matches one dotted part, ``{rest}`` the remainder. The rules run both ways, so a key our model
+needs but the file lacks is reported under the name the original uses. :func:`assign_weights` refuses
+a file with unknown keys, missing keys or a shape that fits no parameter, listing each key concerned,
+rather than loading half a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "rename_weights"]
+
+
+class WeightsMismatchError(ValueError):
+    """The file's keys or shapes do not fit the model built from its config; the message lists them."""
+
+
+def _compile(template: str) -> tuple[re.Pattern[str], list[str]]:
+    parts, names = [], []
+    for piece in re.split(r"(\{[a-z_]+\})", template):
+        if piece.startswith("{") and piece.endswith("}"):
+            name = piece[1:-1]
+            names.append(name)
+            parts.append(f"(?P<{name}>.+)" if name == "rest" else f"(?P<{name}>[^.]+)")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts) + "$"), names
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``source`` template → ``target`` template; ``transform`` reshapes the tensor on the way in (e.g. adds a batch axis)."""
+
+    source: str
+    target: str
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        source_names, target_names = _compile(self.source)[1], _compile(self.target)[1]
+        if sorted(source_names) != sorted(target_names):
+            raise ValueError(f"rule {self.source!r} -> {self.target!r} must use the same placeholders on both sides")
+
+    @staticmethod
+    def _apply(key: str, pattern: str, template: str) -> str | None:
+        match = _compile(pattern)[0].match(key)
+        if match is None:
+            return None
+        return re.sub(r"\{([a-z_]+)\}", lambda m: match.group(m.group(1)), template)
+
+    def forward(self, key: str) -> str | None:
+        return self._apply(key, self.source, self.target)
+
+    def backward(self, key: str) -> str | None:
+        return self._apply(key, self.target, self.source)
+
+
+def rename_weights(weights: Mapping[str, torch.Tensor], rules: Sequence[Rule], *,
+                   ignored: Iterable[str] = ()) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``(renamed, unknown)``: each source key through the first rule that matches; keys matching an ``ignored``
+    template are dropped (training-only buffers), the rest are ``unknown``."""
+    ignore = [_compile(t)[0] for t in ignored]
+    renamed, unknown = {}, []
+    for key, tensor in weights.items():
+        for rule in rules:
+            target = rule.forward(key)
+            if target is not None:
+                renamed[target] = rule.transform(tensor) if rule.transform else tensor
+                break
+        else:
+            if not any(p.match(key) for p in ignore):
+                unknown.append(key)
+    return renamed, unknown
+
+
+def _source_name(key: str, rules: Sequence[Rule]) -> str:
+    for rule in rules:
+        source = rule.backward(key)
+        if source is not None:
+            return source
+    return f"{key} (mmgen name; no rule gives it)"
+
+
+def assign_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], rules: Sequence[Rule], *, source: str,
+                   ignored: Iterable[str] = (), extra: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Load the renamed ``weights`` (plus ``extra`` tensors in our names) into ``model``, or raise listing every mismatch.
+
+    Every persistent entry of the model's state must be given, every given key must be one of them, and
+    each shape must be the model's. Values are copied in the model's dtype.
+    """
+    renamed, unknown = rename_weights(weights, rules, ignored=ignored)
+    renamed.update(extra or {})
+    own = model.state_dict()
+    unknown += [_source_name(k, rules) for k in renamed if k not in own]
+    missing = [_source_name(k, rules) for k in own if k not in renamed]
+    shapes = [f"{_source_name(k, rules)}: {tuple(v.shape)} where the config needs {tuple(own[k].shape)}"
+              for k, v in renamed.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    problems = []
+    if unknown:
+        problems.append(f"unknown keys (not in a {source} model of this config): {sorted(unknown)}")
+    if missing:
+        problems.append(f"missing keys: {sorted(missing)}")
+    if shapes:
+        problems.append(f"shapes that match no {source} model of this config: {sorted(shapes)}")
+    if problems:
+        raise WeightsMismatchError(f"the {source} weights do not fit: " + "; ".join(problems))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in renamed.items()})
