@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "rename_weights"]
+__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "rename_weights"]
 
 
 class WeightsMismatchError(ValueError):
@@ -64,21 +64,23 @@ class Rule:
 
 
 def rename_weights(weights: Mapping[str, torch.Tensor], rules: Sequence[Rule], *,
-                   ignored: Iterable[str] = ()) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """``(renamed, unknown)``: each source key through the first rule that matches; keys matching an ``ignored``
-    template are dropped (training-only buffers), the rest are ``unknown``."""
+                   ignored: Iterable[str] = ()) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    """``(renamed, unknown, origin)``: each source key through the first rule that matches; keys matching an
+    ``ignored`` template are dropped (training-only buffers), the rest are ``unknown``; ``origin`` maps each
+    new name to its source key and shape, for messages."""
     ignore = [_compile(t)[0] for t in ignored]
-    renamed, unknown = {}, []
+    renamed, unknown, origin = {}, [], {}
     for key, tensor in weights.items():
         for rule in rules:
             target = rule.forward(key)
             if target is not None:
                 renamed[target] = rule.transform(tensor) if rule.transform else tensor
+                origin[target] = f"{key}: {tuple(tensor.shape)}"
                 break
         else:
             if not any(p.match(key) for p in ignore):
                 unknown.append(key)
-    return renamed, unknown
+    return renamed, unknown, origin
 
 
 def _source_name(key: str, rules: Sequence[Rule]) -> str:
@@ -89,6 +91,12 @@ def _source_name(key: str, rules: Sequence[Rule]) -> str:
     return f"{key} (mmgen name; no rule gives it)"
 
 
+def _shape_problem(source: str, converted: tuple[int, ...], needed: tuple[int, ...]) -> str:
+    """``source`` is "key: (shape)" as the file has it; a rule's reshape shows too, so both sides read in one layout."""
+    reshaped = "" if source.endswith(str(converted)) else f" (converted: {converted})"
+    return f"{source}{reshaped} where the config needs {needed}"
+
+
 def assign_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], rules: Sequence[Rule], *, source: str,
                    ignored: Iterable[str] = (), extra: Mapping[str, torch.Tensor] | None = None) -> None:
     """Load the renamed ``weights`` (plus ``extra`` tensors in our names) into ``model``, or raise listing every mismatch.
@@ -96,12 +104,12 @@ def assign_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], rules:
     Every persistent entry of the model's state must be given, every given key must be one of them, and
     each shape must be the model's. Values are copied in the model's dtype.
     """
-    renamed, unknown = rename_weights(weights, rules, ignored=ignored)
+    renamed, unknown, origin = rename_weights(weights, rules, ignored=ignored)
     renamed.update(extra or {})
     own = model.state_dict()
     unknown += [_source_name(k, rules) for k in renamed if k not in own]
     missing = [_source_name(k, rules) for k in own if k not in renamed]
-    shapes = [f"{_source_name(k, rules)}: {tuple(v.shape)} where the config needs {tuple(own[k].shape)}"
+    shapes = [_shape_problem(origin.get(k, k), tuple(v.shape), tuple(own[k].shape))
               for k, v in renamed.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     problems = []
     if unknown:
@@ -114,3 +122,19 @@ def assign_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], rules:
         raise WeightsMismatchError(f"the {source} weights do not fit: " + "; ".join(problems))
     with torch.no_grad():
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in renamed.items()})
+
+
+def count_levels(weights: Mapping[str, torch.Tensor], template: str, *, source: str) -> int:
+    """How many distinct ``{k}`` the keys matching ``template`` hold (codebooks, blocks); at least one, or a clear error."""
+    pattern, _ = _compile(template)
+    levels = {match.group("k") for key in weights if (match := pattern.match(key))}
+    if not levels:
+        raise WeightsMismatchError(f"the {source} weights hold no key {template.replace('{k}', '<k>')}")
+    return len(levels)
+
+
+def check_model_type(config: Mapping[str, object], expected: str, *, source: str) -> None:
+    """Refuse a config.json of another architecture (its ``model_type``) before any weight is read."""
+    found = config.get("model_type", expected)
+    if found != expected:
+        raise ValueError(f"config.json describes a {found!r} model, not a {source} one (model_type {expected!r})")

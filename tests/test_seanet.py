@@ -97,7 +97,7 @@ def test_bad_input_is_a_clear_error():
     ("strides", (), "strides must be a non-empty sequence"),
     ("strides", (2, 0), "strides must be a non-empty sequence of positive ints"),
     ("dim", 0, "dim must be a positive int"),
-    ("base_channels", 1, "base_channels must be >= 2"),
+    ("base_channels", 1, "base_channels must be >= compress=2"),
     ("num_res_blocks", -1, "num_res_blocks must be an int >= 0"),
 ])
 def test_bad_options_name_the_option(option, value, message):

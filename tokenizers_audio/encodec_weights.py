@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mmgen.weight_maps import Rule, assign_weights
+from mmgen.weight_maps import Rule, assign_weights, check_model_type, count_levels
 
 from .rvq import RVQAudioCodec, RVQAudioConfig
 
@@ -60,17 +60,9 @@ def _modern_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def _num_quantizers(weights: Mapping[str, torch.Tensor]) -> int:
-    levels = {key.split(".")[2] for key in weights if key.startswith("quantizer.layers.") and key.endswith(".codebook.embed")}
-    if not levels:
-        raise ValueError("the EnCodec weights hold no codebook (no key quantizer.layers.<k>.codebook.embed)")
-    return len(levels)
-
-
 def encodec_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -> RVQAudioConfig:
     """Our codec config for an EnCodec ``config.json`` (transformers' ``EncodecConfig`` fields)."""
-    if config.get("model_type", "encodec") != "encodec":
-        raise ValueError(f"config.json describes a {config.get('model_type')!r} model, not an EnCodec one (model_type 'encodec')")
+    check_model_type(config, "encodec", source="EnCodec")
     unsupported = [f"{name}={config[name]!r} (supported: {value!r})" for name, value in _FIXED.items()
                    if name in config and config[name] != value]
     if config.get("pad_mode", "reflect") not in ("reflect", "constant"):
@@ -90,7 +82,7 @@ def encodec_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor
         kernel_size=kernel, causal=bool(config.get("use_causal_conv", True)), weight_norm=True,
         pad_mode="reflect" if config.get("pad_mode", "reflect") == "reflect" else "zeros",
         conv_shortcut=bool(config.get("use_conv_shortcut", True)), lstm_layers=config.get("num_lstm_layers", 2),
-        codebook_size=config.get("codebook_size", 1024), num_quantizers=_num_quantizers(weights),
+        codebook_size=config.get("codebook_size", 1024), num_quantizers=count_levels(weights, "quantizer.layers.{k}.codebook.embed", source="EnCodec"),
     )
 
 

@@ -79,7 +79,16 @@ class RVQAudioConfig(FrontendFields):
     pad_mode: str = "zeros"
     conv_shortcut: bool = False
     lstm_layers: int = 0
+    activation: str = "elu"
+    dilation_base: int = 2
+    compress: int = 2
+    residual_kernel_size: int = 3
+    latent_kernel_size: int | None = None
+    decoder_channels: int | None = None
+    final_activation: str = "none"
     codebook_size: int = 1024
+    codebook_dim: int | None = None
+    cosine_codebooks: bool = False
     num_quantizers: int = 8
     generator_quantizers: int | None = None
     quantizer_dropout: bool = True
@@ -107,6 +116,12 @@ class RVQAudioConfig(FrontendFields):
         hop = math.prod(self.strides)
         if self.clip_samples < hop:
             raise ValueError(f"clip_samples={self.clip_samples} is shorter than one frame (hop_length {hop} = prod(strides))")
+        if self.codebook_dim is not None:
+            require_positive_int("codebook_dim", self.codebook_dim)
+        if self.latent_kernel_size is not None:
+            require_positive_int("latent_kernel_size", self.latent_kernel_size)
+        if self.decoder_channels is not None:
+            require_positive_int("decoder_channels", self.decoder_channels)
         if self.generator_quantizers is not None:
             require_positive_int("generator_quantizers", self.generator_quantizers)
             if self.generator_quantizers > self.num_quantizers:
@@ -160,6 +175,15 @@ class MultiScaleSTFTDiscriminator(nn.Module):
         return outputs
 
 
+class _CodebookProjection(nn.Module):
+    """One level's factorised lookup: ``inward`` to the codebook's width, ``outward`` back to the latent's."""
+
+    def __init__(self, dim: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.inward = nn.Linear(dim, codebook_dim)
+        self.outward = nn.Linear(codebook_dim, dim)
+
+
 class RVQAudioCodec(PretrainedModel):
     """Mono audio ``[B, 1, T]`` in [-1, 1] ↔ ids ``[B, T / hop_length, K]`` over K ≤ ``num_quantizers`` codebooks."""
 
@@ -173,15 +197,20 @@ class RVQAudioCodec(PretrainedModel):
         backbone = {"channels": 1, "dim": cfg.dim, "base_channels": cfg.base_channels, "strides": cfg.strides,
                     "num_res_blocks": cfg.num_res_blocks, "kernel_size": cfg.kernel_size, "causal": cfg.causal,
                     "weight_norm": cfg.weight_norm, "pad_mode": cfg.pad_mode, "conv_shortcut": cfg.conv_shortcut,
-                    "lstm_layers": cfg.lstm_layers}
-        self.encoder = build_encoder(cfg, backbone)
-        self.decoder = build_decoder(cfg, backbone)
+                    "lstm_layers": cfg.lstm_layers, "activation": cfg.activation, "dilation_base": cfg.dilation_base,
+                    "compress": cfg.compress, "residual_kernel_size": cfg.residual_kernel_size}
+        self.encoder = build_encoder(cfg, {**backbone, "latent_kernel_size": cfg.latent_kernel_size})
+        self.decoder = build_decoder(cfg, {**backbone, "decoder_channels": cfg.decoder_channels,
+                                           "final_activation": cfg.final_activation})
+        lookup_dim = cfg.codebook_dim or cfg.dim
+        self.projections = None if cfg.codebook_dim is None else nn.ModuleList(
+            _CodebookProjection(cfg.dim, cfg.codebook_dim) for _ in range(cfg.num_quantizers))
         # commitment is computed here (masked per item), so the layers' own is off; quantize_dropout only
         # lets the library's get_output_from_indices accept fewer than N codebooks
         self.quantizer = ResidualVQ(
-            dim=cfg.dim, num_quantizers=cfg.num_quantizers, codebook_size=cfg.codebook_size, quantize_dropout=True,
+            dim=lookup_dim, num_quantizers=cfg.num_quantizers, codebook_size=cfg.codebook_size, quantize_dropout=True,
             kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters, decay=cfg.decay,
-            threshold_ema_dead_code=cfg.threshold_ema_dead_code, commitment_weight=0.0,
+            threshold_ema_dead_code=cfg.threshold_ema_dead_code, commitment_weight=0.0, use_cosine_sim=cfg.cosine_codebooks,
         )
         self.discriminator = MultiScaleSTFTDiscriminator(channels=cfg.discriminator_channels) if cfg.use_discriminator else None
 
@@ -255,17 +284,30 @@ class RVQAudioCodec(PretrainedModel):
         return F.pad(audio_B1T, (0, -audio_B1T.shape[-1] % self.hop_length))
 
     def _codebooks(self) -> torch.Tensor:
-        """``[N, codebook_size, dim]`` code vectors, level by level."""
+        """``[N, codebook_size, codebook_dim or dim]`` code vectors, level by level."""
         return self.quantizer.codebooks
+
+    def _lookup_space(self, level: int, residual_BtD: torch.Tensor) -> torch.Tensor:
+        """What level ``level``'s codebook is searched with: the residual, or its projection (factorised codes)."""
+        return residual_BtD if self.projections is None else self.projections[level].inward(residual_BtD)
+
+    def _nearest_code(self, level: int, residual_BtD: torch.Tensor) -> torch.Tensor:
+        query_BtE, codebook_CE = self._lookup_space(level, residual_BtD), self._codebooks()[level]
+        if self.cfg.cosine_codebooks:
+            return (F.normalize(query_BtE, dim=-1) @ F.normalize(codebook_CE, dim=-1).t()).argmax(-1)
+        return (codebook_CE.pow(2).sum(-1) - 2 * query_BtE @ codebook_CE.t()).argmin(-1)  # |q - c|² up to |q|²
+
+    def _code_vectors(self, level: int, codes_BtE: torch.Tensor) -> torch.Tensor:
+        """Level ``level``'s code vectors back in the latent space (through its outward projection, if factorised)."""
+        return codes_BtE if self.projections is None else self.projections[level].outward(codes_BtE)
 
     def _nearest(self, latents_BDt: torch.Tensor, num_quantizers: int) -> torch.Tensor:
         """Residual nearest-code ids ``[B, t, K]`` of latents; reads the codebooks, changes nothing."""
         residual_BtD = latents_BDt.transpose(1, 2)
         ids = []
-        for codebook_CD in self._codebooks()[:num_quantizers]:
-            scores_BtC = codebook_CD.pow(2).sum(-1) - 2 * residual_BtD @ codebook_CD.t()  # |r - c|² up to |r|²
-            ids_Bt = scores_BtC.argmin(-1)
-            residual_BtD = residual_BtD - codebook_CD[ids_Bt]
+        for level in range(num_quantizers):
+            ids_Bt = self._nearest_code(level, residual_BtD)
+            residual_BtD = residual_BtD - self._code_vectors(level, self._codebooks()[level][ids_Bt])
             ids.append(ids_Bt)
         return torch.stack(ids, dim=-1)
 
@@ -293,7 +335,7 @@ class RVQAudioCodec(PretrainedModel):
         """Ids ``[B, t, K]`` → quantised latents ``[B, dim, t]``: the sum of the first K codebooks' vectors."""
         self._check_ids(ids_BtK)
         codebooks = self._codebooks()
-        latents_BtD = sum(codebooks[k][ids_BtK[..., k].long()] for k in range(ids_BtK.shape[-1]))
+        latents_BtD = sum(self._code_vectors(k, codebooks[k][ids_BtK[..., k].long()]) for k in range(ids_BtK.shape[-1]))
         return latents_BtD.transpose(1, 2)
 
     def decode(self, ids_BtK: torch.Tensor) -> torch.Tensor:
@@ -338,9 +380,10 @@ class RVQAudioCodec(PretrainedModel):
         if not self.training:
             ids_BtN = self._nearest(latents_BDt, self.num_codebooks)
             commits = []
-            for level, codebook_CD in enumerate(self._codebooks()):
-                residual_BtD = residual_BtD - codebook_CD[ids_BtN[..., level]]
-                commits.append(residual_BtD.pow(2).mean())  # |r_k - code_k|², as in training
+            for level, codebook_CE in enumerate(self._codebooks()):
+                codes_BtE = codebook_CE[ids_BtN[..., level]]
+                commits.append((self._lookup_space(level, residual_BtD) - codes_BtE).pow(2).mean())  # as in training
+                residual_BtD = residual_BtD - self._code_vectors(level, codes_BtE)
             return self.ids_to_latents(ids_BtN), ids_BtN, torch.stack(commits).mean()
         batch, frames, _ = residual_BtD.shape
         counts_B = self._quantizer_counts(batch, residual_BtD.device)
@@ -352,8 +395,10 @@ class RVQAudioCodec(PretrainedModel):
                 ids.append(torch.full((batch, frames), -1, dtype=torch.long, device=residual_BtD.device))
                 continue
             mask_Bt = None if bool(keep_B.all()) else keep_B[:, None].expand(batch, frames)
-            codes_BtD, ids_Bt, _ = layer(residual_BtD, mask=mask_Bt)
-            commits.append(F.mse_loss(residual_BtD[keep_B], codes_BtD[keep_B].detach()))
+            query_BtE = self._lookup_space(level, residual_BtD)
+            codes_BtE, ids_Bt, _ = layer(query_BtE, mask=mask_Bt)
+            commits.append(F.mse_loss(query_BtE[keep_B], codes_BtE[keep_B].detach()))
+            codes_BtD = self._code_vectors(level, codes_BtE)
             quantized_BtD = quantized_BtD + codes_BtD
             residual_BtD = residual_BtD - codes_BtD.detach()
             ids.append(ids_Bt)

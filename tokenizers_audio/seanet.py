@@ -12,11 +12,15 @@ all padding is on the left, so an output sample depends only on the past. The st
 chunk: each conv carries its last input samples as the left context of the next chunk, each
 transposed conv the tail of its output that the next chunk's first frames overlap, each LSTM its state.
 
-Three switches exist for EnCodec's published weights (``mmgen convert --from encodec``), off in our
-own presets: ``pad_mode="reflect"`` (EnCodec reflects the signal into its padding; zeros are our
-default), ``conv_shortcut=True`` (a 1×1 conv on each residual unit's skip path instead of the
-identity) and ``lstm_layers=k`` (a k-layer LSTM with a skip connection at the narrowest point: after
-the last downsampling conv of the encoder, after the first conv of the decoder).
+Switches for published codecs (``mmgen convert``), all off in our own presets. EnCodec's:
+``pad_mode="reflect"`` (it reflects the signal into its padding; zeros are our default),
+``conv_shortcut=True`` (a 1×1 conv on each residual unit's skip path instead of the identity) and
+``lstm_layers=k`` (a k-layer LSTM with a skip connection at the narrowest point: after the last
+downsampling conv of the encoder, after the first conv of the decoder). DAC's: ``activation="snake"``
+(``x + sin²(αx)/α`` with a learned α per channel), residual units at full width (``compress=1``) with
+kernel 7 (``residual_kernel_size``) and dilations 1, 3, 9 (``dilation_base=3``, ``num_res_blocks=3``),
+a kernel-3 conv into the latent (``latent_kernel_size``), a decoder that starts wider than the encoder
+ends (``decoder_channels``) and a ``tanh`` on its output (``final_activation``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ __all__ = ["SEANetDecoder", "SEANetEncoder", "SEANetStream"]
 
 States = dict[nn.Module, Any]
 PAD_MODES = ("zeros", "reflect")
+ACTIVATIONS = ("elu", "snake")
+FINAL_ACTIVATIONS = ("none", "tanh")
+
+
+class Snake(nn.Module):
+    """``x + sin²(α·x) / α`` with a learned α per channel (DAC's periodic activation), on ``[B, C, n]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
+        return x_BCn + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x_BCn).pow(2)
+
+
+def _activation(kind: str, channels: int) -> nn.Module:
+    return Snake(channels) if kind == "snake" else nn.ELU()
 
 
 def _pad(x_BCn: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
@@ -95,15 +116,17 @@ class _ConvTranspose(nn.Module):
 
 
 class _ResidualUnit(nn.Module):
-    """``skip(x) + conv1x1(elu(dilated_conv(elu(x))))`` at half width inside (SEANet's compress = 2).
+    """``skip(x) + conv1x1(act(dilated_conv(act(x))))``, inside at ``width / compress`` (SEANet's 2, DAC's 1).
 
     ``skip`` is the identity, or a 1×1 conv with ``conv_shortcut`` (EnCodec's published models).
     """
 
-    def __init__(self, width: int, *, dilation: int, conv_shortcut: bool = False, **conv: Any) -> None:
+    def __init__(self, width: int, *, dilation: int, conv_shortcut: bool = False, activation: str = "elu", compress: int = 2,
+                 kernel_size: int = 3, **conv: Any) -> None:
         super().__init__()
-        self.inner = _Stack(nn.ELU(), _Conv(width, width // 2, 3, dilation=dilation, **conv),
-                            nn.ELU(), _Conv(width // 2, width, 1, **conv))
+        hidden = width // compress
+        self.inner = _Stack(_activation(activation, width), _Conv(width, hidden, kernel_size, dilation=dilation, **conv),
+                            _activation(activation, hidden), _Conv(hidden, width, 1, **conv))
         self.shortcut = _Conv(width, width, 1, **conv) if conv_shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,17 +163,21 @@ class _Stack(nn.Sequential):
 
 
 def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequence[int], num_res_blocks: int,
-                 kernel_size: int, pad_mode: str, lstm_layers: int) -> tuple[int, ...]:
-    for name, value in (("channels", channels), ("dim", dim), ("base_channels", base_channels), ("kernel_size", kernel_size)):
+                 kernel_size: int, pad_mode: str, lstm_layers: int, activation: str, dilation_base: int, compress: int,
+                 residual_kernel_size: int) -> tuple[int, ...]:
+    for name, value in (("channels", channels), ("dim", dim), ("base_channels", base_channels), ("kernel_size", kernel_size),
+                        ("dilation_base", dilation_base), ("compress", compress), ("residual_kernel_size", residual_kernel_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 0:
         raise ValueError(f"num_res_blocks must be an int >= 0, got {num_res_blocks!r}")
     strides = tuple(strides)
     if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
         raise ValueError(f"strides must be a non-empty sequence of positive ints, got {strides!r}")
-    if base_channels < 2:
-        raise ValueError(f"base_channels must be >= 2 (residual units work at half width), got {base_channels}")
+    if base_channels < compress:
+        raise ValueError(f"base_channels must be >= compress={compress} (residual units work at width / compress), got {base_channels}")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     if isinstance(lstm_layers, bool) or not isinstance(lstm_layers, int) or lstm_layers < 0:
@@ -158,8 +185,8 @@ def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequen
     return strides
 
 
-def _residual_units(width: int, num_res_blocks: int, **conv: Any) -> list[nn.Module]:
-    return [_ResidualUnit(width, dilation=2**j, **conv) for j in range(num_res_blocks)]
+def _residual_units(width: int, num_res_blocks: int, *, dilation_base: int, **unit: Any) -> list[nn.Module]:
+    return [_ResidualUnit(width, dilation=dilation_base**j, **unit) for j in range(num_res_blocks)]
 
 
 def _lstm(width: int, lstm_layers: int) -> list[nn.Module]:
@@ -171,18 +198,24 @@ class SEANetEncoder(nn.Module):
 
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
                  num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
-                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0) -> None:
+                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0, activation: str = "elu",
+                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, latent_kernel_size: int | None = None) -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
-                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers)
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers,
+                               activation=activation, dilation_base=dilation_base, compress=compress,
+                               residual_kernel_size=residual_kernel_size)
         conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
+        unit = {"conv_shortcut": conv_shortcut, "activation": activation, "dilation_base": dilation_base, "compress": compress,
+                "kernel_size": residual_kernel_size, **conv}
         layers: list[nn.Module] = [_Conv(channels, base_channels, kernel_size, **conv)]
         width = base_channels
         for stride in strides:
-            layers += _residual_units(width, num_res_blocks, conv_shortcut=conv_shortcut, **conv)
-            layers += [nn.ELU(), _Conv(width, 2 * width, 2 * stride, stride=stride, **conv)]
+            layers += _residual_units(width, num_res_blocks, **unit)
+            layers += [_activation(activation, width), _Conv(width, 2 * width, 2 * stride, stride=stride, **conv)]
             width *= 2
-        layers += [*_lstm(width, lstm_layers), nn.ELU(), _Conv(width, dim, kernel_size, **conv)]
+        layers += [*_lstm(width, lstm_layers), _activation(activation, width),
+                   _Conv(width, dim, latent_kernel_size or kernel_size, **conv)]
         self.net = _Stack(*layers)
         self.channels, self.dim, self.causal = channels, dim, causal
         self.strides = strides
@@ -198,22 +231,34 @@ class SEANetEncoder(nn.Module):
 
 
 class SEANetDecoder(nn.Module):
-    """Latents ``[B, dim, t]`` → waveform ``[B, channels, t · hop_length]``, unbounded (no final tanh or clamp)."""
+    """Latents ``[B, dim, t]`` → waveform ``[B, channels, t · hop_length]``, unbounded unless ``final_activation="tanh"``."""
 
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
                  num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
-                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0) -> None:
+                 pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0, activation: str = "elu",
+                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, decoder_channels: int | None = None,
+                 final_activation: str = "none") -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
-                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers)
+                               num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers,
+                               activation=activation, dilation_base=dilation_base, compress=compress,
+                               residual_kernel_size=residual_kernel_size)
+        if final_activation not in FINAL_ACTIVATIONS:
+            raise ValueError(f"final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}")
         conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
-        width = base_channels * 2 ** len(strides)
+        unit = {"conv_shortcut": conv_shortcut, "activation": activation, "dilation_base": dilation_base, "compress": compress,
+                "kernel_size": residual_kernel_size, **conv}
+        width = decoder_channels or base_channels * 2 ** len(strides)
+        if width % 2 ** len(strides):
+            raise ValueError(f"decoder_channels={width} must halve {len(strides)} times (a multiple of {2 ** len(strides)})")
         layers: list[nn.Module] = [_Conv(dim, width, kernel_size, **conv), *_lstm(width, lstm_layers)]
         for stride in reversed(strides):
-            layers += [nn.ELU(), _ConvTranspose(width, width // 2, stride, causal=causal, weight_norm=weight_norm)]
+            layers += [_activation(activation, width), _ConvTranspose(width, width // 2, stride, causal=causal, weight_norm=weight_norm)]
             width //= 2
-            layers += _residual_units(width, num_res_blocks, conv_shortcut=conv_shortcut, **conv)
-        layers += [nn.ELU(), _Conv(width, channels, kernel_size, **conv)]
+            layers += _residual_units(width, num_res_blocks, **unit)
+        layers += [_activation(activation, width), _Conv(width, channels, kernel_size, **conv)]
+        if final_activation == "tanh":
+            layers.append(nn.Tanh())
         self.net = _Stack(*layers)
         self.channels, self.dim, self.causal = channels, dim, causal
         self.strides = strides

@@ -48,11 +48,21 @@ def _encodec(weights: Mapping[str, "torch.Tensor"], config: Mapping[str, Any]) -
     return rvq_codec_from_encodec(weights, config)
 
 
+def _dac(weights: Mapping[str, "torch.Tensor"], config: Mapping[str, Any]) -> Any:
+    from tokenizers_audio.dac_weights import rvq_codec_from_dac
+
+    return rvq_codec_from_dac(weights, config)
+
+
 SOURCES: dict[str, Source] = {
     "encodec": Source(
         title="EnCodec (Défossez et al., 2022)",
         layout="transformers' EncodecModel (config.json + model.safetensors, e.g. facebook/encodec_24khz)",
         builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_encodec),
+    "dac": Source(
+        title="DAC, the Descript Audio Codec (Kumar et al., 2023)",
+        layout="transformers' DacModel (config.json + model.safetensors, e.g. descript/dac_16khz)",
+        builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_dac),
 }
 
 
