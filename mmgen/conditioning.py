@@ -57,6 +57,9 @@ class Conditioning:
     ``adaln_RA``: ``[R, adaln_dim]`` AdaLN condition vectors, None for a conditioner without AdaLN.
     ``class_ids`` / ``prompts``: per sample (B entries) the class (None for text or the null class) and
     the prompt ("" when none).
+    ``start_R1D``: ``[R, 1, dim]`` for a conditioner that conditions through the input of the first
+    generated group instead of a prefix (LlamaGen's and VAR's class token), else None; programs put it
+    there in place of the GPT's learned start embedding.
     """
 
     prefix_RPD: torch.Tensor
@@ -66,6 +69,7 @@ class Conditioning:
     guided: bool
     class_ids: list[int | None]
     prompts: list[str]
+    start_R1D: torch.Tensor | None = None
 
     @property
     def num_prefix(self) -> int:
@@ -102,6 +106,11 @@ class Conditioner(PretrainedModel):
         """The number of prefix positions P of every row."""
         raise NotImplementedError
 
+    @property
+    def gives_start(self) -> bool:
+        """Whether the condition is the first group's input (``Conditioning.start_R1D``) rather than the GPT's start embedding."""
+        return False
+
     def condition(
         self,
         *,
@@ -131,7 +140,7 @@ class Conditioner(PretrainedModel):
         keys, class_ids, prompts = ([item for item in items for _ in range(repeat)] for items in (keys, class_ids, prompts))
         rows = keys + [self._null_key] * len(keys) if guided else keys
         prefix, valid, adaln = self._embed(rows)
-        return Conditioning(prefix, valid, adaln, len(keys), guided, class_ids, prompts)
+        return Conditioning(prefix, valid, adaln, len(keys), guided, class_ids, prompts, self._start(rows))
 
     def training_condition(
         self,
@@ -163,7 +172,7 @@ class Conditioner(PretrainedModel):
         class_ids = [None if d else c for c, d in zip(class_ids, drop)]
         prompts = ["" if d else p for p, d in zip(prompts, drop)]
         prefix, valid, adaln = self._embed(keys)
-        return Conditioning(prefix, valid, adaln, batch_size, False, class_ids, prompts)
+        return Conditioning(prefix, valid, adaln, batch_size, False, class_ids, prompts, self._start(keys))
 
     # ---- what a subclass supplies ------------------------------------------------------------
     @property
@@ -184,6 +193,10 @@ class Conditioner(PretrainedModel):
         """``(prefix [R, P, dim], valid [R, P], adaln [R, adaln_dim] or None)`` of one key per row."""
         raise NotImplementedError
 
+    def _start(self, keys: list[Key]) -> torch.Tensor | None:
+        """The first group's input ``[R, 1, dim]`` of one key per row, for a conditioner that gives one."""
+        return None
+
 
 # ---- class conditioning --------------------------------------------------------------------------
 @dataclass
@@ -191,18 +204,25 @@ class ClassConditionerConfig:
     """A :class:`ClassConditioner` of ``num_classes`` classes (plus the null class) for a GPT of width ``dim``.
 
     ``prefix``: give one prefix token per row; ``adaln_dim > 0``: also give an AdaLN vector per row
-    (``prefix=False`` with ``adaln_dim > 0`` conditions through AdaLN alone).
+    (``prefix=False`` with ``adaln_dim > 0`` conditions through AdaLN alone). ``as_start``: the class
+    embedding is the input of the first generated group instead of a prefix position, so there is no
+    prefix and the first group's slot both holds the class and predicts the first tokens (LlamaGen's
+    sequence ``[class, t_0, …]``; VAR's first scale).
     """
 
     dim: int
     num_classes: int
     adaln_dim: int = 0
     prefix: bool = True
+    as_start: bool = False
 
     def __post_init__(self) -> None:
         _check_ints(self, dim=1, num_classes=1, adaln_dim=0)
-        if not isinstance(self.prefix, bool):
-            raise TypeError(f"prefix must be a bool, got {type(self.prefix).__name__}")
+        for name in ("prefix", "as_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if self.as_start and not self.prefix:
+            raise ValueError("as_start=True puts the class embedding into the first group's slot; it needs prefix=True (the embedding)")
         if not self.prefix and self.adaln_dim == 0:
             raise ValueError("prefix=False needs adaln_dim > 0: otherwise the conditioner gives no condition at all")
 
@@ -232,7 +252,11 @@ class ClassConditioner(Conditioner):
 
     @property
     def max_prefix(self) -> int:
-        return 1 if self.cfg.prefix else 0
+        return 1 if self.cfg.prefix and not self.cfg.as_start else 0
+
+    @property
+    def gives_start(self) -> bool:
+        return self.cfg.as_start
 
     @property
     def _null_key(self) -> int:
@@ -260,13 +284,18 @@ class ClassConditioner(Conditioner):
     def _embed(self, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         ids_R = torch.tensor(keys, dtype=torch.long, device=self.device)
         R = len(keys)
-        if self.embedding is None:
+        if self.max_prefix == 0:
             prefix_RPD = torch.zeros(R, 0, self.cfg.dim, device=self.device, dtype=self.dtype)
         else:
             prefix_RPD = self.embedding(ids_R).unsqueeze(1)
         valid_RP = torch.ones(R, self.max_prefix, dtype=torch.bool, device=self.device)
         adaln_RA = None if self.adaln_embedding is None else self.adaln_embedding(ids_R)
         return prefix_RPD, valid_RP, adaln_RA
+
+    def _start(self, keys: list[int]) -> torch.Tensor | None:
+        if not self.cfg.as_start:
+            return None
+        return self.embedding(torch.tensor(keys, dtype=torch.long, device=self.device)).unsqueeze(1)
 
     def _class_of_prompt(self, prompt: str, class_names: Sequence[str] | None) -> int:
         if class_names is None:

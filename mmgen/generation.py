@@ -43,7 +43,9 @@ class GroupRequest:
     """The next group's slots: ``inputs_BnD`` embeddings, ``coords_BnC`` coordinates, ``valid_Bn`` which exist per row.
 
     ``n`` is the largest group over the rows; a row with fewer slots (or a stopped row, with none)
-    marks the rest invalid. ``shared``: every row has these same slots (equal coordinates, all valid),
+    marks the rest invalid. ``inputs_BnD`` may hold the GPT's rows instead (2B under guidance, the
+    conditional rows first) where a sample's rows get different inputs (a class token as the first
+    group's input). ``shared``: every row has these same slots (equal coordinates, all valid),
     which lets the engine keep one layout row for the whole batch (a broadcast attention mask).
     """
 
@@ -59,7 +61,8 @@ class GroupRequest:
             if value.dim() != rank:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
         B, n = self.valid_Bn.shape
-        if self.inputs_BnD.shape[:2] != (B, n) or self.coords_BnC.shape[:2] != (B, n):
+        rows = self.inputs_BnD.shape[0]
+        if self.inputs_BnD.shape[1] != n or rows < B or rows % B or self.coords_BnC.shape[:2] != (B, n):
             raise ValueError(
                 f"a group's inputs_BnD {tuple(self.inputs_BnD.shape)}, coords_BnC {tuple(self.coords_BnC.shape)} and "
                 f"valid_Bn {tuple(self.valid_Bn.shape)} must agree on [B, n]"

@@ -37,6 +37,7 @@ __all__ = [
     "Frames",
     "FlattenCodebooks",
     "DelayCodebooks",
+    "InputCoordinates",
     "ParallelCodebooks",
 ]
 
@@ -383,6 +384,34 @@ def _check_tensor(name: str, x: object, shape: tuple[int, ...]) -> None:
 def _gather(x: torch.Tensor, index_L: torch.Tensor | None) -> torch.Tensor:
     """Positions ``index_L`` of ``x [B, N, ...]`` along dim 1 (``x`` itself for None)."""
     return x if index_L is None else x.index_select(1, index_L.to(x.device))
+
+
+@dataclass(frozen=True)
+class InputCoordinates(Pattern):
+    """``pattern`` with each slot placed where the token it *holds* sits, not the one it predicts (LlamaGen's RoPE).
+
+    In next-token generation slot k holds token k − 1 and predicts token k; mmgen gives it token k's
+    coordinates, LlamaGen token k − 1's, and slot 0 (the class token) none at all: its coordinates are
+    NaN, which the rotary embedding reads as "no position" (queries and keys zeroed, as LlamaGen's
+    all-zero RoPE row does). Needs one position per group; tensors move as ``pattern`` moves them.
+    """
+
+    pattern: Pattern
+
+    def __post_init__(self) -> None:
+        if any(size != 1 for size in self.pattern.group_sizes):
+            raise ValueError("InputCoordinates needs a pattern of one position per group (next-token order)")
+
+    def _coords_and_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
+        coords_LC, groups_L = self.pattern._plan
+        unplaced = torch.full_like(coords_LC[:1], float("nan"))
+        return torch.cat([unplaced, coords_LC[:-1]]), groups_L
+
+    def to_sequence(self, native: torch.Tensor) -> torch.Tensor:
+        return self.pattern.to_sequence(native)
+
+    def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.pattern.from_sequence(seq)
 
 
 def _raster_coords(shape: Sequence[int]) -> torch.Tensor:

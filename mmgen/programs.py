@@ -206,8 +206,10 @@ class PatternProgram:
         return self.pattern.num_positions
 
     def _start(self, batch_size: int) -> torch.Tensor:
-        """Group 0's inputs: the given ``start_inputs``, else the GPT's start embedding."""
-        return self.gpt.start_inputs(batch_size, self.sizes[0]) if self.start_inputs is None else self.start_inputs
+        """Group 0's inputs: the given ``start_inputs`` (one row each: the GPT's rows), else the GPT's start embedding."""
+        if self.start_inputs is None:
+            return self.gpt.start_inputs(batch_size, self.sizes[0])
+        return self.start_inputs.expand(-1, self.sizes[0], -1) if self.start_inputs.shape[1] == 1 else self.start_inputs
 
     def start(self, batch_size: int, device: torch.device) -> _PatternState:
         return _PatternState(group=0, memory=self.rule.begin(), next_inputs=self._start(batch_size),

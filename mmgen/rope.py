@@ -1,7 +1,9 @@
 """N-D rotary position embeddings driven by a layout's coordinates.
 
 The head dimension's ``head_dim / 2`` frequency pairs are split between the coordinate axes; each
-axis rotates its pairs by ``coord[axis] * inv_freq``. With one axis this is exactly the rotary
+axis rotates its pairs by ``coord[axis] * inv_freq``. A position whose coordinates are NaN has no place:
+its cos and sin are 0, so its queries and keys are zero (LlamaGen's class token, whose RoPE row is all
+zeros: it attends evenly and every query scores 0 against it). With one axis this is exactly the rotary
 embedding of transformers' Llama (same ``inv_freq``, same half-split ``rotate_half`` pairing), which
 is what lets :func:`mmgen.convert.gpt_from_llama` reproduce Llama's logits.
 """
@@ -46,7 +48,8 @@ class NDRotaryEmbedding(nn.Module):
         else:
             angles_BTP = coords_BTC.float()[..., self.axis_of_pair] * self.inv_freq
         angles_BTD = torch.cat([angles_BTP, angles_BTP], dim=-1)
-        return angles_BTD.cos(), angles_BTD.sin()
+        unplaced_BT1 = coords_BTC.isnan().any(-1, keepdim=True)
+        return angles_BTD.cos().masked_fill(unplaced_BT1, 0.0), angles_BTD.sin().masked_fill(unplaced_BT1, 0.0)
 
 
 def apply_rotary(x_BHTD: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor) -> torch.Tensor:

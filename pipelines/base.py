@@ -96,8 +96,9 @@ class ARPipeline(DiffusionPipeline):
             raise TypeError(f"head must be an mmgen.heads.Head (CategoricalHead, DepthHead, FlowHead), got {type(head).__name__}")
         if not isinstance(conditioner, Conditioner):
             raise TypeError(f"conditioner must be an mmgen.conditioning.Conditioner, got {type(conditioner).__name__}")
-        if not gpt.cfg.start_token:
-            raise ValueError("gpt must be built with start_token=True: the first group's slots take the start embedding")
+        if not gpt.cfg.start_token and not conditioner.gives_start:
+            raise ValueError("gpt must be built with start_token=True: the first group's slots take the start embedding "
+                             "(unless the conditioner fills them, a ClassConditioner with as_start=True)")
         if conditioner.dim != gpt.cfg.dim:
             raise ValueError(f"conditioner.dim={conditioner.dim} does not match the GPT's dim={gpt.cfg.dim}")
         if conditioner.adaln_dim != gpt.cfg.adaln_dim:
@@ -155,12 +156,18 @@ class ARPipeline(DiffusionPipeline):
         """The :mod:`mmgen.programs` input rule of groups 1..K−1."""
         raise NotImplementedError
 
-    def program(self, **options: Any) -> Any:
-        """The engine :class:`~mmgen.generation.Program` of one call: the pattern's groups, or a drawn order's own program."""
+    def program(self, *, start_inputs: torch.Tensor | None = None, **options: Any) -> Any:
+        """The engine :class:`~mmgen.generation.Program` of one call: the pattern's groups, or a drawn order's own program.
+
+        ``start_inputs``: the first group's inputs when the conditioning gives them (``Conditioning.start_R1D``).
+        """
         pattern = self.pattern(**options)
         if isinstance(pattern, DrawnOrder):
+            if start_inputs is not None:
+                raise ValueError("a conditioner that fills the first group's slot (as_start) needs a fixed pattern; "
+                                 "a drawn order (octrees) starts from the GPT's own start embedding")
             return pattern.program(gpt=self.gpt)
-        return PatternProgram(gpt=self.gpt, pattern=pattern, rule=self.input_rule())
+        return PatternProgram(gpt=self.gpt, pattern=pattern, rule=self.input_rule(), start_inputs=start_inputs)
 
     def to_sequence(self, positions: Any) -> torch.Tensor:
         return self.pattern().to_sequence(positions)
@@ -228,10 +235,9 @@ class ARPipeline(DiffusionPipeline):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() < 2:
             got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise TypeError(f"tokens must be a [B, L, ...] sequence from tokenize(), got {got}")
-        program = self.program()
-        teacher = program.teacher(tokens, generator=generator)
         cond = self.conditioner.training_condition(class_labels=class_labels, prompt=prompt, batch_size=tokens.shape[0],
                                                    cond_drop_prob=cond_drop_prob, generator=generator)
+        teacher = self.program(start_inputs=cond.start_R1D).teacher(tokens, generator=generator)
         if cond_drop_prob > 0 and not self.config.get("null_condition_trained", False):
             self.register_to_config(null_condition_trained=True)
         hidden = teacher_hidden(self.gpt, cond, teacher.inputs_BLD, teacher.layout)
@@ -272,7 +278,7 @@ class ARPipeline(DiffusionPipeline):
         cond = self.conditioner.condition(prompt=prompt, class_labels=class_labels, num_samples_per_prompt=num_samples_per_prompt,
                                           guided=guided, class_names=self.config.get("class_names"))
         options = options or {}
-        program = self.program(**options)
+        program = self.program(start_inputs=cond.start_R1D, **options)
         if isinstance(prefill, torch.Tensor):  # anything else: generate's own error
             plan = self.plan(self.tokenizer, **self.plan_options(), **options)
             _check_ids(plan.input_content or plan.content, prefill, name="prefill")
@@ -327,7 +333,7 @@ class ARPipeline(DiffusionPipeline):
                 raise ValueError("draft_model must have its own GPT (each model keeps its own KV cache); got this pipeline's")
             names = {"class_names": draft_model.config.get("class_names")}
             cond = draft_model.conditioner.condition(**condition, **names)
-            return ModelDraft(gpt=draft_model.gpt, head=draft_model.head, program=draft_model.program(**options), cond=cond,
+            return ModelDraft(gpt=draft_model.gpt, head=draft_model.head, program=draft_model.program(start_inputs=cond.start_R1D, **options), cond=cond,
                               sampling=sampling, seeds_B=seeds_B)
         if decoding == "jacobi":
             return JacobiDraft()

@@ -8,11 +8,13 @@ prefix (FlexTok) lets ``num_tokens=k`` stop after k tokens. Positions holding se
 audio) are ordered by ``codebook_pattern``: ``"delay"`` (MusicGen, one step per frame with codebook
 k delayed by k; the GPT's input tables are one id larger, for the empty id, the head's are not), ``"flatten"`` (one
 step per codebook entry) or ``"parallel"`` (all codebooks of a frame in one step: a depth head or
-independent per-codebook logits).
+independent per-codebook logits). ``rotary_coords="input"`` rotates each slot by the coordinates of the token
+it holds and slot 0 by none (:class:`~mmgen.patterns.InputCoordinates`): LlamaGen's convention, for its weights.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,7 +23,7 @@ from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
 from mmgen.heads import Head
 from mmgen.octree import OctreeOrder
-from mmgen.patterns import DelayCodebooks, FlattenCodebooks, Raster
+from mmgen.patterns import DelayCodebooks, FlattenCodebooks, InputCoordinates, Raster
 from mmgen.programs import PreviousGroupInputs
 from mmgen.protocol import TokenSpec, check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
@@ -33,6 +35,7 @@ from .base import ARPipeline, SequencePlan, sampling_options
 __all__ = ["NextTokenPipeline", "CODEBOOK_PATTERNS"]
 
 CODEBOOK_PATTERNS = ("delay", "flatten", "parallel")
+ROTARY_COORDS = ("target", "input")
 
 
 class NextTokenPipeline(ARPipeline):
@@ -45,15 +48,28 @@ class NextTokenPipeline(ARPipeline):
 
     def __init__(self, gpt: GPT, tokenizer: Any, head: Head, conditioner: Conditioner,
                  class_names: list[str] | None = None, null_condition_trained: bool = False,
-                 codebook_pattern: str = "delay") -> None:
+                 codebook_pattern: str = "delay", rotary_coords: str = "target") -> None:
         super().__init__()
         if codebook_pattern not in CODEBOOK_PATTERNS:
             raise ValueError(f"codebook_pattern must be one of {CODEBOOK_PATTERNS}, got {codebook_pattern!r}")
+        if rotary_coords not in ROTARY_COORDS:
+            raise ValueError(f"rotary_coords must be one of {ROTARY_COORDS}, got {rotary_coords!r}")
         self._register(gpt=gpt, tokenizer=tokenizer, head=head, conditioner=conditioner, class_names=class_names,
-                       null_condition_trained=null_condition_trained, codebook_pattern=codebook_pattern)
+                       null_condition_trained=null_condition_trained, codebook_pattern=codebook_pattern,
+                       rotary_coords=rotary_coords)
 
     @classmethod
-    def plan(cls, tokenizer: Any, *, codebook_pattern: str = "delay", num_tokens: int | None = None) -> SequencePlan:
+    def plan(cls, tokenizer: Any, *, codebook_pattern: str = "delay", rotary_coords: str = "target",
+             num_tokens: int | None = None) -> SequencePlan:
+        plan = cls._plan(tokenizer, codebook_pattern=codebook_pattern, num_tokens=num_tokens)
+        if rotary_coords == "target":
+            return plan
+        if isinstance(plan.pattern, OctreeOrder):
+            raise ValueError("rotary_coords='input' is for fixed grids; an octree's nodes are placed by their own coordinates")
+        return replace(plan, pattern=InputCoordinates(plan.pattern))
+
+    @classmethod
+    def _plan(cls, tokenizer: Any, *, codebook_pattern: str, num_tokens: int | None) -> SequencePlan:
         spec = check_tokenizer(tokenizer)
         if spec.is_pyramid:
             raise ValueError("NextTokenPipeline needs a tokenizer with one token grid; a multi-scale pyramid goes to NextScalePipeline")
@@ -79,7 +95,7 @@ class NextTokenPipeline(ARPipeline):
         return SequencePlan(FlattenCodebooks(shape[0], len(sizes)), DiscreteContent((sizes[0],)))
 
     def plan_options(self) -> dict[str, Any]:
-        return {"codebook_pattern": self.config.codebook_pattern}
+        return {"codebook_pattern": self.config.codebook_pattern, "rotary_coords": self.config.get("rotary_coords", "target")}
 
     @property
     def max_tokens(self) -> int:

@@ -286,3 +286,16 @@ def test_configs_reject_bad_values(config, match):
 def test_encoder_max_len_must_fit_the_encoder_positions(encoder_folder):
     with pytest.raises(ValueError, match="max_len=64 exceeds the encoder's max_position_embeddings=32"):
         TextEncoderConditioner.from_encoder(encoder_folder, dim=DIM, max_len=64, local_files_only=True)
+
+
+def test_class_as_start_is_the_first_slot_not_a_prefix():
+    conditioner = ClassConditioner(ClassConditionerConfig(dim=8, num_classes=4, as_start=True))
+    cond = conditioner.condition(class_labels=[1, 3], guided=True)
+    assert conditioner.max_prefix == 0 and cond.num_prefix == 0 and conditioner.gives_start
+    table = conditioner.embedding.weight
+    assert torch.equal(cond.start_R1D[:, 0], table[[1, 3, 4, 4]])  # conditional rows, then the null class
+    train = conditioner.training_condition(class_labels=[2, 0], batch_size=2, cond_drop_prob=0.0)
+    assert torch.equal(train.start_R1D[:, 0], table[[2, 0]])
+    assert ClassConditioner(ClassConditionerConfig(dim=8, num_classes=4)).condition(class_labels=[1]).start_R1D is None
+    with pytest.raises(ValueError, match="as_start=True .* needs prefix=True"):
+        ClassConditionerConfig(dim=8, num_classes=4, prefix=False, adaln_dim=4, as_start=True)

@@ -358,3 +358,21 @@ def test_bad_tensors_name_the_argument():
         scales.to_sequence([torch.zeros(1, 1, 1), torch.zeros(1, 3, 3)])
     with pytest.raises(ValueError, match=r"native\[1\] .* must share batch and trailing dims"):
         scales.to_sequence([torch.zeros(1, 1, 1, 4), torch.zeros(2, 2, 2, 4)])
+
+
+def test_input_coordinates_place_each_slot_at_the_token_it_holds():
+    from mmgen.patterns import InputCoordinates
+    from mmgen.rope import NDRotaryEmbedding
+
+    raster = Raster((2, 3))
+    shifted = InputCoordinates(raster)
+    coords = shifted.layout().coords[0]
+    assert coords[0].isnan().all()
+    assert torch.equal(coords[1:], raster.layout().coords[0, :-1])
+    native = torch.arange(12).view(2, 2, 3)
+    assert torch.equal(shifted.from_sequence(shifted.to_sequence(native)), native)
+    cos, sin = NDRotaryEmbedding(head_dim=8, coord_rank=2)(coords.unsqueeze(0))
+    assert cos[0, 0].abs().sum() == 0 and sin[0, 0].abs().sum() == 0  # no place: queries and keys zeroed
+    assert torch.isfinite(cos).all() and torch.isfinite(sin).all()
+    with pytest.raises(ValueError, match="one position per group"):
+        InputCoordinates(Cells((4, 4), 2))
