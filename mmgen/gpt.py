@@ -26,6 +26,10 @@ from .tokens import ContinuousContent, DiscreteContent, TokenLayout, _check_real
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "split_guidance_batch"]
 
+NORMS = ("rms", "layer")
+FFNS = ("swiglu", "gelu")
+MAX_LOG_SCALE = math.log(100.0)  # VAR's cap on the l2 attention's learned scale
+
 
 @dataclass
 class GPTConfig:
@@ -33,6 +37,14 @@ class GPTConfig:
 
     ``vocab_size``: the input tables of discrete tokens, an int or one per codebook; 0 for a model
     whose inputs are only continuous (``input_dim``) or learned (``start_token``).
+
+    Switches for published GPT-2-style models (VAR; ``mmgen convert``), off by default: ``norm_type="layer"``
+    (LayerNorm instead of RMSNorm; ``norm_affine=False`` drops its weights), ``ffn_type="gelu"`` (fc → GELU
+    (tanh) → fc instead of SwiGLU), ``l2_attention`` (queries and keys l2-normalised, queries times a
+    learned per-head scale ``exp(min(s_h, log 100))``, softmax scale 1), ``rope=False`` with
+    ``absolute_positions`` (a learned embedding per sequence position) and ``num_levels`` embeddings (a
+    learned table indexed by each position's first coordinate, VAR's scale index; positions with
+    a negative or NaN first coordinate, the prefix, get none).
     """
 
     vocab_size: int | list[int] = 1024
@@ -53,6 +65,13 @@ class GPTConfig:
     input_dim: int = 0
     start_token: bool = False
     init_std: float = 0.02
+    norm_type: str = "rms"
+    norm_affine: bool = True
+    ffn_type: str = "swiglu"
+    l2_attention: bool = False
+    rope: bool = True
+    absolute_positions: bool = False
+    num_levels: int = 0
 
     def __post_init__(self) -> None:
         sizes = list(self.vocab_size) if isinstance(self.vocab_size, (list, tuple)) else [self.vocab_size]
@@ -62,13 +81,22 @@ class GPTConfig:
         self.vocab_size = sizes[0] if len(sizes) == 1 else sizes
         for name in ("dim", "n_layers", "n_heads", "coord_rank", "max_seq_len"):
             _require_positive(name, getattr(self, name))
-        for name in ("qk_norm", "attention_bias", "mlp_bias", "start_token"):
+        for name in ("qk_norm", "attention_bias", "mlp_bias", "start_token", "norm_affine", "l2_attention", "rope",
+                     "absolute_positions"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("norm_eps", "rope_theta"):
             _check_real(name, getattr(self, name), above=0)
         _check_real("init_std", self.init_std, at_least=0)
-        for name in ("adaln_dim", "input_dim"):
+        if self.norm_type not in NORMS:
+            raise ValueError(f"norm_type must be one of {NORMS}, got {self.norm_type!r}")
+        if self.ffn_type not in FFNS:
+            raise ValueError(f"ffn_type must be one of {FFNS}, got {self.ffn_type!r}")
+        if not self.norm_affine and self.norm_type == "rms":
+            raise ValueError("norm_affine=False is for norm_type='layer' (VAR's LayerNorm without weights)")
+        if self.qk_norm and self.l2_attention:
+            raise ValueError("qk_norm and l2_attention both normalise queries and keys; pick one")
+        for name in ("adaln_dim", "input_dim", "num_levels"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
         if no_tables and not self.input_dim and not self.start_token:
@@ -118,6 +146,12 @@ class RMSNorm(nn.Module):
         return self.weight * x_f.to(x.dtype)
 
 
+def _norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm_type == "layer":
+        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
+    return RMSNorm(cfg.dim, cfg.norm_eps)
+
+
 class KVCache(nn.Module):
     """Static keys/values ``[B, n_kv_heads, max_seq_len, head_dim]`` filled position by position."""
 
@@ -159,6 +193,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.log_scale = nn.Parameter(torch.full((cfg.n_heads,), math.log(4.0))) if cfg.l2_attention else None
+        self.softmax_scale = 1.0 if cfg.l2_attention else None
         self.cache: KVCache | None = None
 
     def _qkv(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,6 +207,11 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.log_scale is not None:
+            scale_H11 = self.log_scale.clamp(max=MAX_LOG_SCALE).exp().view(-1, 1, 1)
+            q, k = F.normalize(q, dim=-1) * scale_H11, F.normalize(k, dim=-1)
+        if cos is None:
+            return q, k, v
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x_BTD, cos, sin, mask, start_pos: int | None) -> torch.Tensor:
@@ -183,6 +224,7 @@ class Attention(nn.Module):
             q, k, v,
             attn_mask=None if is_causal else mask,
             is_causal=is_causal,
+            scale=self.softmax_scale,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
@@ -192,20 +234,23 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x_R1D, cos, sin)
         self.cache.k.index_copy_(2, position_1, k.to(self.cache.k.dtype))
         self.cache.v.index_copy_(2, position_1, v.to(self.cache.v.dtype))
-        out = F.scaled_dot_product_attention(q, self.cache.k, self.cache.v, attn_mask=mask_R11L,
+        out = F.scaled_dot_product_attention(q, self.cache.k, self.cache.v, attn_mask=mask_R11L, scale=self.softmax_scale,
                                              enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(x_R1D.shape[0], 1, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
-    """SwiGLU with the gate and up projections fused into one matmul."""
+    """SwiGLU with the gate and up projections fused into one matmul (``ffn_type="gelu"``: one projection, GELU)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=cfg.mlp_bias)
+        self.gelu = cfg.ffn_type == "gelu"
+        self.w13 = nn.Linear(cfg.dim, (1 if self.gelu else 2) * cfg.ffn_dim, bias=cfg.mlp_bias)
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu:
+            return self.w2(F.gelu(self.w13(x), approximate="tanh"))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
@@ -213,9 +258,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn_norm = _norm(cfg)
         self.attn = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = _norm(cfg)
         self.ffn = FeedForward(cfg)
         self.adaln = nn.Linear(cfg.adaln_dim, 6 * cfg.dim) if cfg.adaln_dim else None
 
@@ -248,9 +293,11 @@ class GPT(PretrainedModel):
         self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
         self.input_proj = nn.Linear(cfg.input_dim, cfg.dim) if cfg.input_dim else None
         self.start_embedding = nn.Parameter(torch.zeros(cfg.dim)) if cfg.start_token else None
-        self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta)
+        self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta) if cfg.rope else None
+        self.position_embeddings = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.absolute_positions else None
+        self.level_embeddings = nn.Embedding(cfg.num_levels, cfg.dim) if cfg.num_levels else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = _norm(cfg)
         self.final_adaln = nn.Linear(cfg.adaln_dim, 2 * cfg.dim) if cfg.adaln_dim else None
         self.apply(self._init_weights)
         if self.start_embedding is not None:
@@ -402,8 +449,8 @@ class GPT(PretrainedModel):
             mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
         if attention_mask is not None:
             mask = _check_mask_override(attention_mask, B, T, start).to(inputs_embeds.device)[:, None]
-        cos, sin = self.rotary(coords)
-        x = inputs_embeds
+        positions = torch.arange(start, start + T, device=inputs_embeds.device)
+        x, cos, sin = self._placed(inputs_embeds, coords, positions)
         for block in self.layers:
             x = block(x, cos, sin, mask, start_pos, condition)
         x = self.norm(x)
@@ -447,9 +494,24 @@ class GPT(PretrainedModel):
         step = self.__dict__.get("_compiled_step") or self._static_step
         return step(x_R1D, coords, mask, index, condition)
 
+    def _placed(self, x_BTD: torch.Tensor, coords_BTC: torch.Tensor,
+                positions_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Inputs with the learned position and level embeddings added, and the rotary ``(cos, sin)`` (None without RoPE)."""
+        if self.position_embeddings is not None:
+            x_BTD = x_BTD + self.position_embeddings(positions_T).to(x_BTD.dtype)
+        if self.level_embeddings is not None:
+            level_BT = coords_BTC[..., 0]
+            placed_BT1 = (level_BT >= 0).unsqueeze(-1)  # False for the prefix's negative and NaN coordinates
+            levels = self.level_embeddings(level_BT.nan_to_num(0).clamp(0, self.cfg.num_levels - 1).long())
+            x_BTD = x_BTD + torch.where(placed_BT1, levels, 0).to(x_BTD.dtype)
+        if self.rotary is None:
+            return x_BTD, None, None
+        cos, sin = self.rotary(coords_BTC)
+        return x_BTD, cos, sin
+
     def _static_step(self, x: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
                      condition: torch.Tensor | None) -> torch.Tensor:
-        cos, sin = self.rotary(coords)
+        x, cos, sin = self._placed(x, coords, index)
         for block in self.layers:
             x = block(x, cos, sin, mask, None, condition,
                       attend=lambda h, attn=block.attn: attn.step(h, cos, sin, mask, index))

@@ -261,18 +261,24 @@ def _codebook_list(value: object) -> list[int]:
 
 @dataclass
 class CategoricalHeadConfig:
-    """A :class:`CategoricalHead` over hidden states of size ``dim``, one vocabulary per codebook."""
+    """A :class:`CategoricalHead` over hidden states of size ``dim``, one vocabulary per codebook.
+
+    ``bias``: the projections carry a bias (VAR's head does; LlamaGen's and ours do not).
+    """
 
     dim: int
     codebook_sizes: list[int]
+    bias: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("dim", self.dim)
         self.codebook_sizes = _codebook_list(self.codebook_sizes)
+        if not isinstance(self.bias, bool):
+            raise TypeError(f"bias must be a bool, got {self.bias!r}")
 
 
 class CategoricalHead(_DiscreteHead):
-    """One bias-free linear projection per codebook; the D codebooks of a position are drawn independently.
+    """One linear projection per codebook (bias-free by default); the D codebooks of a position are drawn independently.
 
     ``CategoricalHead(CategoricalHeadConfig(dim=256, codebook_sizes=[1024]))`` is LlamaGen's head;
     several codebooks are MusicGen's parallel / delay heads.
@@ -284,7 +290,7 @@ class CategoricalHead(_DiscreteHead):
         super().__init__()
         cfg = self._register_typed_config(config)
         self.cfg = cfg
-        self.projections = nn.ModuleList(nn.Linear(cfg.dim, v, bias=False) for v in cfg.codebook_sizes)
+        self.projections = nn.ModuleList(nn.Linear(cfg.dim, v, bias=cfg.bias) for v in cfg.codebook_sizes)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``[..., V]`` of hidden states ``[..., dim]`` (one codebook), a list of ``[..., V_d]`` for several."""

@@ -462,3 +462,15 @@ def test_bad_inputs_name_the_argument():
         gpt(inputs_embeds=torch.randn(1, 4, 16))
     with pytest.raises(ValueError, match="start_pos must be >= 0"):
         gpt(rand_ids(1, 4), start_pos=-1)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"norm_type": "batch"}, "norm_type must be one of"),
+    ({"ffn_type": "relu"}, "ffn_type must be one of"),
+    ({"norm_affine": False}, "norm_affine=False is for norm_type='layer'"),
+    ({"qk_norm": True, "l2_attention": True}, "pick one"),
+    ({"num_levels": -1}, "num_levels must be an int >= 0"),
+])
+def test_published_model_switches_are_checked(fields, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**fields)
