@@ -7,7 +7,7 @@ downsampling factor is ``2 ** (len(channel_mult) - 1)``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,10 +59,16 @@ def _conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, padding_mo
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, *, padding_mode: str = "zeros") -> None:
+    """norm → SiLU → 3×3 conv, twice, added to the input (through a 1×1 conv ``skip`` when the width changes).
+
+    ``norm`` builds each normalisation from a width: the LDM backbone (:mod:`.ldm_conv`) needs its fixed 32 groups.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, padding_mode: str = "zeros",
+                 norm: Callable[[int], nn.Module] = _norm) -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(in_channels), _conv3x3(in_channels, out_channels, padding_mode=padding_mode)
-        self.norm2, self.conv2 = _norm(out_channels), _conv3x3(out_channels, out_channels, padding_mode=padding_mode)
+        self.norm1, self.conv1 = norm(in_channels), _conv3x3(in_channels, out_channels, padding_mode=padding_mode)
+        self.norm2, self.conv2 = norm(out_channels), _conv3x3(out_channels, out_channels, padding_mode=padding_mode)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

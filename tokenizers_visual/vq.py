@@ -24,6 +24,7 @@ from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
 from .conv import ConvDecoder, ConvEncoder, LatentGridMixin, downsample_factor
+from .ldm_conv import LDMDecoder, LDMEncoder, check_backbone
 
 __all__ = ["CosineVectorQuantizer", "VQConfig", "VQImageTokenizer", "default_channel_mult", "reconstruction_loss"]
 
@@ -31,9 +32,13 @@ _DEFAULT_CHANNEL_MULT = {4: (1, 2, 2), 8: (1, 2, 2, 4), 16: (1, 1, 2, 2, 4)}
 REC_LOSSES = ("l1", "mse")
 
 
-def default_channel_mult(downsample: int, channel_mult: Sequence[int] | None = None) -> list[int]:
-    """Validate ``downsample`` ∈ {4, 8, 16} and return a ``channel_mult`` with ``log2(downsample) + 1`` levels."""
-    if downsample not in _DEFAULT_CHANNEL_MULT:
+def default_channel_mult(downsample: int, channel_mult: Sequence[int] | None = None, *, any_depth: bool = False) -> list[int]:
+    """Validate ``downsample`` ∈ {4, 8, 16} and return a ``channel_mult`` with ``log2(downsample) + 1`` levels.
+
+    ``any_depth`` also accepts an explicit ``channel_mult`` of any length (any power-of-two ``downsample``):
+    published checkpoints choose their levels freely.
+    """
+    if not (any_depth and channel_mult is not None) and downsample not in _DEFAULT_CHANNEL_MULT:
         raise ValueError(f"downsample must be one of {sorted(_DEFAULT_CHANNEL_MULT)}, got {downsample!r}")
     if channel_mult is None:
         return list(_DEFAULT_CHANNEL_MULT[downsample])
@@ -41,9 +46,11 @@ def default_channel_mult(downsample: int, channel_mult: Sequence[int] | None = N
     if not mult or any(not isinstance(m, int) or m < 1 for m in mult):
         raise ValueError(f"channel_mult must be a list of positive ints, got {channel_mult!r}")
     if downsample_factor(mult) != downsample:
+        _require_positive_int("downsample", downsample)
+        power_of_two = downsample & (downsample - 1) == 0
         raise ValueError(
             f"channel_mult {mult} gives downsampling {downsample_factor(mult)}, but downsample={downsample} "
-            f"needs {len(_DEFAULT_CHANNEL_MULT[downsample])} entries"
+            + (f"needs {downsample.bit_length()} entries" if power_of_two else "is not a power of two")
         )
     return mult
 
@@ -76,6 +83,11 @@ class VQConfig:
     ``channel_mult`` defaults to LlamaGen's per-level widths for that factor. A code that no
     training batch picks for ``dead_code_steps`` consecutive steps is dead: it is restarted from a
     random encoder output of the current batch when ``restart_dead_codes`` is on.
+
+    ``backbone`` picks the conv stacks: ``"conv"`` is our own small design (:mod:`.conv`), ``"ldm"`` the
+    taming / latent-diffusion one of published tokenizers (:mod:`.ldm_conv`; every width a multiple of 32,
+    its decoder has ``num_res_blocks + 1`` blocks per level, and any explicit ``channel_mult`` length is
+    accepted). ``attention`` (``"ldm"`` only) adds self-attention at the lowest resolution and in the middle.
     """
 
     image_size: int = 32
@@ -92,11 +104,14 @@ class VQConfig:
     dead_code_steps: int = 50
     restart_dead_codes: bool = True
     usage_decay: float = 0.99
+    backbone: str = "conv"
+    attention: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "num_res_blocks", "z_channels", "codebook_size", "codebook_dim", "dead_code_steps"):
             _require_positive_int(name, getattr(self, name))
-        self.channel_mult = default_channel_mult(self.downsample, self.channel_mult)
+        self.channel_mult = default_channel_mult(self.downsample, self.channel_mult, any_depth=self.backbone == "ldm")
+        check_backbone(self.backbone, attention=self.attention, channels=self.channels, channel_mult=self.channel_mult)
         if self.image_size % self.downsample:
             raise ValueError(f"image_size={self.image_size} must be divisible by downsample={self.downsample}")
         if self.rec_loss not in REC_LOSSES:
@@ -202,8 +217,8 @@ class CosineVectorQuantizer(nn.Module):
 class VQImageTokenizer(LatentGridMixin, PretrainedModel):
     """Images ``[B, 3, H, W]`` in [-1, 1] ↔ ids ``[B, H/f, W/f]`` over ``codebook_size`` codes.
 
-    ``ConvEncoder`` → 1×1 conv to ``codebook_dim`` → :class:`CosineVectorQuantizer` → 1×1 conv →
-    ``ConvDecoder``. Train with ``loss, logs = tok.loss(images)``.
+    Encoder (``ConvEncoder``, or ``LDMEncoder`` for ``backbone="ldm"``) → 1×1 conv to ``codebook_dim`` →
+    :class:`CosineVectorQuantizer` → 1×1 conv → decoder. Train with ``loss, logs = tok.loss(images)``.
     """
 
     config_class = VQConfig
@@ -213,14 +228,18 @@ class VQImageTokenizer(LatentGridMixin, PretrainedModel):
         cfg = self._register_typed_config(config)
         self.cfg = cfg
         backbone = {"channels": cfg.channels, "channel_mult": cfg.channel_mult, "num_res_blocks": cfg.num_res_blocks}
-        self.encoder = ConvEncoder(in_channels=3, out_channels=cfg.z_channels, **backbone)
+        if cfg.backbone == "ldm":
+            encoder_class, decoder_class, backbone["attention"] = LDMEncoder, LDMDecoder, cfg.attention
+        else:
+            encoder_class, decoder_class = ConvEncoder, ConvDecoder
+        self.encoder = encoder_class(in_channels=3, out_channels=cfg.z_channels, **backbone)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.quantizer = CosineVectorQuantizer(
             codebook_size=cfg.codebook_size, dim=cfg.codebook_dim, dead_code_steps=cfg.dead_code_steps,
             restart_dead_codes=cfg.restart_dead_codes, usage_decay=cfg.usage_decay,
         )
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
-        self.decoder = ConvDecoder(in_channels=cfg.z_channels, out_channels=3, **backbone)
+        self.decoder = decoder_class(in_channels=cfg.z_channels, out_channels=3, **backbone)
 
     @property
     def codebook_size(self) -> int:
