@@ -33,6 +33,7 @@ from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images, check_index
 from .conv import ConvDecoder, ConvEncoder, downsample_factor
+from .ldm_conv import LDMDecoder, LDMEncoder, check_backbone
 
 __all__ = [
     "MultiScaleVQConfig",
@@ -56,6 +57,11 @@ class MultiScaleVQConfig:
     ``codebook_init`` follows VAR's ``eini``: > 0 truncated normal of that std, < 0 uniform in
     ±|eini| / codebook_size, 0 keeps ``nn.Embedding``'s N(0, 1). ``dead_code_steps`` > 0 restarts a
     code that no scale picked for that many training steps from a residual of the batch (not in VAR).
+
+    ``backbone`` and ``attention`` mean what they mean in :class:`~tokenizers_visual.vq.VQConfig`:
+    ``"conv"`` is our own small stack, ``"ldm"`` the taming / latent-diffusion one of VAR's published VQVAE
+    (:mod:`.ldm_conv`), ``attention`` its self-attention at the lowest resolution and in the middle.
+    ``quant_conv_kernel`` is the size of the square convs around the quantiser: 1 here by default, VAR's 3.
     """
 
     image_size: int = 32
@@ -74,16 +80,23 @@ class MultiScaleVQConfig:
     dead_code_steps: int = 0
     vq_weight: float = 1.0
     l1_weight: float = 0.0
+    backbone: str = "conv"
+    attention: bool = False
+    quant_conv_kernel: int = 1
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
         self.patch_nums = tuple(self.patch_nums)
-        for name in ("image_size", "in_channels", "channels", "num_res_blocks", "codebook_size", "codebook_dim"):
+        for name in ("image_size", "in_channels", "channels", "num_res_blocks", "codebook_size", "codebook_dim",
+                     "quant_conv_kernel"):
             _require_positive(name, getattr(self, name))
+        if not self.quant_conv_kernel % 2:
+            raise ValueError(f"quant_conv_kernel must be odd (the convs keep the grid size), got {self.quant_conv_kernel}")
         if not self.channel_mult:
             raise ValueError("channel_mult must name at least one level")
         for i, mult in enumerate(self.channel_mult):
             _require_positive(f"channel_mult[{i}]", mult)
+        check_backbone(self.backbone, attention=self.attention, channels=self.channels, channel_mult=self.channel_mult)
         if len(self.patch_nums) < 2:
             raise ValueError(f"patch_nums must name at least two scales (coarse to fine), got {self.patch_nums}")
         for i, pn in enumerate(self.patch_nums):
@@ -317,7 +330,10 @@ class MultiScaleResidualQuantizer(nn.Module):
 
 
 class MultiScaleVQTokenizer(PretrainedModel):
-    """``ConvEncoder → 1×1 conv → VAR multi-scale residual VQ → 1×1 conv → ConvDecoder``.
+    """``encoder → conv → VAR multi-scale residual VQ → conv → decoder``.
+
+    The encoder and decoder are ``ConvEncoder`` / ``ConvDecoder``, or ``LDMEncoder`` / ``LDMDecoder`` for
+    ``backbone="ldm"``; the convs around the quantiser are ``quant_conv_kernel`` square (1×1 by default).
 
     ``encode(images)`` gives ids ``[B, pn, pn]`` per scale, ``encode_flat`` the ``[B, L]`` form;
     ``decode`` accepts either. ``loss(images)`` is the training objective: reconstruction MSE
@@ -331,15 +347,20 @@ class MultiScaleVQTokenizer(PretrainedModel):
         config = self._register_typed_config(config)
         self.cfg = config
         arch = dict(channels=config.channels, channel_mult=config.channel_mult, num_res_blocks=config.num_res_blocks)
-        self.encoder = ConvEncoder(in_channels=config.in_channels, out_channels=config.codebook_dim, **arch)
-        self.quant_conv = nn.Conv2d(config.codebook_dim, config.codebook_dim, 1)
+        if config.backbone == "ldm":
+            (encoder_class, decoder_class), arch["attention"] = (LDMEncoder, LDMDecoder), config.attention
+        else:
+            encoder_class, decoder_class = ConvEncoder, ConvDecoder
+        self.encoder = encoder_class(in_channels=config.in_channels, out_channels=config.codebook_dim, **arch)
+        kernel = config.quant_conv_kernel
+        self.quant_conv = nn.Conv2d(config.codebook_dim, config.codebook_dim, kernel, padding=kernel // 2)
         self.quantizer = MultiScaleResidualQuantizer(
             codebook_size=config.codebook_size, codebook_dim=config.codebook_dim, patch_nums=config.patch_nums,
             quant_resi=config.quant_resi, share_quant_resi=config.share_quant_resi,
             using_znorm=config.using_znorm, beta=config.beta, dead_code_steps=config.dead_code_steps,
         )
-        self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.codebook_dim, 1)
-        self.decoder = ConvDecoder(in_channels=config.codebook_dim, out_channels=config.in_channels, **arch)
+        self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.codebook_dim, kernel, padding=kernel // 2)
+        self.decoder = decoder_class(in_channels=config.codebook_dim, out_channels=config.in_channels, **arch)
         self._init_codebook(config.codebook_init)
 
     def _init_codebook(self, eini: float) -> None:
