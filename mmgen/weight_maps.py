@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "rename_weights"]
+__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "fold_weight_norm",
+           "kernel1_as_linear", "rename_weights"]
 
 
 class WeightsMismatchError(ValueError):
@@ -138,3 +139,28 @@ def check_model_type(config: Mapping[str, object], expected: str, *, source: str
     found = config.get("model_type", expected)
     if found != expected:
         raise ValueError(f"config.json describes a {found!r} model, not a {source} one (model_type {expected!r})")
+
+
+def fold_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain ``weight`` tensors from weight norm's magnitude and direction (either naming)."""
+    parts = {".weight_g": "g", ".weight_v": "v", ".parametrizations.weight.original0": "g",
+             ".parametrizations.weight.original1": "v"}
+    out, pairs = {}, {}
+    for key, tensor in weights.items():
+        suffix = next((s for s in parts if key.endswith(s)), None)
+        if suffix is None:
+            out[key] = tensor
+        else:
+            pairs.setdefault(key[: -len(suffix)], {})[parts[suffix]] = tensor
+    for stem, pair in pairs.items():
+        if set(pair) != {"g", "v"}:
+            raise ValueError(f"weight norm of {stem} is half there: the file holds only its {'magnitude' if 'g' in pair else 'direction'}")
+        v = pair["v"].float()
+        norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+        out[f"{stem}.weight"] = v * (pair["g"].float() / norm)  # torch's own order of operations: the same rounding
+    return out
+
+
+def kernel1_as_linear(tensor: torch.Tensor) -> torch.Tensor:
+    """A kernel-1 ``Conv1d`` weight ``[out, in, 1]`` as the ``Linear`` weight ``[out, in]`` it equals."""
+    return tensor.squeeze(-1)

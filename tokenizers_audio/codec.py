@@ -37,7 +37,8 @@ class CodecConfig(FrontendFields):
     EMA (``ema_decay``) after a k-means init; a code whose EMA hit count per step falls below
     ``dead_code_fraction`` of a uniform share (frames per step / ``codebook_size``) is replaced by a
     frame of the batch, which revives a codebook that collapsed while the encoder moved.
-    ``codebook_dim`` (None: ``dim``) factorises the lookup through a projection. The loss is ``l1_weight``·waveform L1 + ``stft_weight``·multi-resolution STFT (at
+    ``codebook_dim`` (None: ``dim``) factorises the lookup through a projection; ``cosine_codebooks`` picks
+    codes by cosine similarity (SNAC's l2-normalised lookup; the code vectors themselves are used as stored). The loss is ``l1_weight``·waveform L1 + ``stft_weight``·multi-resolution STFT (at
     ``stft_resolutions``) + ``mel_weight``·log-mel L1 + ``frame_weight``·the ``vocos-if`` decoder's frame loss + the
     commitment loss times ``commitment_weight``. Encoder and decoder kinds: :mod:`tokenizers_audio.frontends`.
     """
@@ -52,6 +53,7 @@ class CodecConfig(FrontendFields):
     weight_norm: bool = True
     codebook_size: int = 4096
     codebook_dim: int | None = None
+    cosine_codebooks: bool = False
     ema_decay: float = 0.8
     kmeans_iters: int = 10
     dead_code_fraction: float = 0.25
@@ -105,7 +107,7 @@ def build_codebook(cfg: CodecConfig) -> VectorQuantize:
     return VectorQuantize(
         dim=cfg.dim, codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim, decay=cfg.ema_decay,
         kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_fraction,
-        commitment_weight=cfg.commitment_weight,
+        commitment_weight=cfg.commitment_weight, use_cosine_sim=cfg.cosine_codebooks,
     )
 
 
@@ -136,8 +138,11 @@ def quantize_frames(vq: VectorQuantize, x_BnD: torch.Tensor, *, update: bool,
         return q_BnD, ids_Bn, commit
     proj_BnC = vq.project_in(x_BnD)
     codebook_VC = vq.codebook
-    dist_BnV = proj_BnC.square().sum(-1, keepdim=True) - 2 * proj_BnC @ codebook_VC.T + codebook_VC.square().sum(-1)
-    ids_Bn = dist_BnV.argmin(dim=-1)
+    if vq.use_cosine_sim:
+        ids_Bn = (F.normalize(proj_BnC, dim=-1) @ F.normalize(codebook_VC, dim=-1).T).argmax(dim=-1)
+    else:
+        dist_BnV = proj_BnC.square().sum(-1, keepdim=True) - 2 * proj_BnC @ codebook_VC.T + codebook_VC.square().sum(-1)
+        ids_Bn = dist_BnV.argmin(dim=-1)
     codes_BnC = codebook_VC[ids_Bn]
     commit = F.mse_loss(proj_BnC, codes_BnC) * vq.commitment_weight
     return vq.project_out(codes_BnC), ids_Bn, commit

@@ -20,17 +20,14 @@ from typing import Any
 
 import torch
 
-from mmgen.weight_maps import Rule, assign_weights, check_model_type, count_levels
+from mmgen.weight_maps import Rule, assign_weights, check_model_type, count_levels, fold_weight_norm
 
+from .published import factorised_code_rules, vq_training_state
 from .rvq import RVQAudioCodec, RVQAudioConfig
 
 __all__ = ["dac_config", "dac_rules", "rvq_codec_from_dac"]
 
 RES_UNITS = 3  # DAC's residual units per level, dilations 1, 3, 9
-
-
-def _squeeze_kernel(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.squeeze(-1)  # a kernel-1 Conv1d weight [out, in, 1] as a Linear weight [out, in]
 
 
 def _unit_rules(source: str, target: str) -> list[Rule]:
@@ -54,32 +51,8 @@ def dac_rules(num_levels: int) -> list[Rule]:
     last = 1 + per_level * num_levels
     for part in ("encoder", "decoder"):
         rules += [Rule(f"{part}.snake1.alpha", f"{part}.net.{last}.alpha"), Rule(f"{part}.conv2.{{p}}", f"{part}.net.{last + 1}.conv.{{p}}")]
-    return rules + [
-        Rule("quantizer.quantizers.{k}.in_proj.weight", "projections.{k}.inward.weight", _squeeze_kernel),
-        Rule("quantizer.quantizers.{k}.in_proj.bias", "projections.{k}.inward.bias"),
-        Rule("quantizer.quantizers.{k}.out_proj.weight", "projections.{k}.outward.weight", _squeeze_kernel),
-        Rule("quantizer.quantizers.{k}.out_proj.bias", "projections.{k}.outward.bias"),
-        Rule("quantizer.quantizers.{k}.codebook.weight", "quantizer.layers.{k}._codebook.embed", lambda t: t.unsqueeze(0)),
-    ]
-
-
-def _fold_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Plain ``weight`` tensors from weight norm's magnitude and direction (either naming)."""
-    parts = {".weight_g": "g", ".weight_v": "v", ".parametrizations.weight.original0": "g",
-             ".parametrizations.weight.original1": "v"}
-    out, pairs = {}, {}
-    for key, tensor in weights.items():
-        suffix = next((s for s in parts if key.endswith(s)), None)
-        if suffix is None:
-            out[key] = tensor
-        else:
-            pairs.setdefault(key[: -len(suffix)], {})[parts[suffix]] = tensor
-    for stem, pair in pairs.items():
-        if set(pair) != {"g", "v"}:
-            raise ValueError(f"weight norm of {stem} is half there: the file holds only its {'magnitude' if 'g' in pair else 'direction'}")
-        v = pair["v"].float()
-        out[f"{stem}.weight"] = pair["g"].float() * v / v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-    return out
+    return rules + factorised_code_rules(inward="projections.{k}.inward", outward="projections.{k}.outward",
+                                         codebook="quantizer.layers.{k}._codebook.embed")
 
 
 def dac_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -> RVQAudioConfig:
@@ -103,12 +76,9 @@ def dac_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -
 
 def rvq_codec_from_dac(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> RVQAudioCodec:
     """An :class:`RVQAudioCodec` computing what the DAC of ``config`` and ``weights`` computes (float32, eval mode)."""
-    weights = _fold_weight_norm(weights)
+    weights = fold_weight_norm(weights)
     codec = RVQAudioCodec(dac_config(config, weights))
-    # the training state ResidualVQ keeps beside each codebook, which DAC (trained by gradient) has none of
-    codebooks = {f"quantizer.layers.{k}._codebook.{name}": value
-                 for k in range(codec.num_codebooks) if f"quantizer.quantizers.{k}.codebook.weight" in weights
-                 for name, value in (("initted", torch.tensor(True)), ("cluster_size", torch.ones(1, codec.codebook_size)),
-                                     ("embed_avg", weights[f"quantizer.quantizers.{k}.codebook.weight"].unsqueeze(0)))}
+    codebooks = vq_training_state(weights, levels=codec.num_codebooks, codebook_size=codec.codebook_size,
+                                  target="quantizer.layers.{k}._codebook")
     assign_weights(codec, weights, dac_rules(len(codec.cfg.strides)), source="DAC", extra=codebooks)
     return codec.eval()

@@ -30,7 +30,11 @@ DECODERS = ("seanet", "vocos", "vocos-if")
 @dataclass
 class FrontendFields:
     """Encoder and decoder choice and sizes (see the module docstring); ``frame_weight`` weighs the
-    ``vocos-if`` decoder's direct loss on log magnitudes and phase advances."""
+    ``vocos-if`` decoder's direct loss on log magnitudes and phase advances.
+
+    ``pad_mode`` … ``noise`` are the SEANet switches of published codecs (EnCodec, DAC, SNAC; see
+    :mod:`tokenizers_audio.seanet`), all off in our own presets.
+    """
 
     encoder_type: str = "seanet"
     decoder_type: str = "seanet"
@@ -40,6 +44,28 @@ class FrontendFields:
     decoder_layers: int = 6
     decoder_intermediate_dim: int | None = None
     frame_weight: float = 0.0
+    pad_mode: str = "zeros"
+    conv_shortcut: bool = False
+    lstm_layers: int = 0
+    activation: str = "elu"
+    dilation_base: int = 2
+    compress: int = 2
+    residual_kernel_size: int = 3
+    depthwise: bool = False
+    attention_window: int = 0
+    latent_kernel_size: int | None = None
+    latent_activation: bool = True
+    decoder_channels: int | None = None
+    final_activation: str = "none"
+    noise: bool = False
+
+    def seanet_switches(self, part: str) -> dict:
+        """The switches a SEANet ``part`` ("encoder" or "decoder") takes."""
+        shared = {name: getattr(self, name) for name in ("pad_mode", "conv_shortcut", "lstm_layers", "activation",
+                                                          "dilation_base", "compress", "residual_kernel_size", "depthwise",
+                                                          "attention_window")}
+        own = ("latent_kernel_size", "latent_activation") if part == "encoder" else ("decoder_channels", "final_activation", "noise")
+        return {**shared, **{name: getattr(self, name) for name in own}}
 
     def check_frontend(self, *, hop_length: int, causal: bool = False) -> None:
         if self.encoder_type not in ENCODERS:
@@ -48,6 +74,9 @@ class FrontendFields:
             raise ValueError(f"decoder_type must be one of {DECODERS}, got {self.decoder_type!r}")
         for name in ("encoder_dim", "encoder_layers", "decoder_dim", "decoder_layers"):
             require_positive_int(name, getattr(self, name))
+        for name in ("latent_kernel_size", "decoder_channels"):
+            if getattr(self, name) is not None:
+                require_positive_int(name, getattr(self, name))
         if self.decoder_intermediate_dim is not None:
             require_positive_int("decoder_intermediate_dim", self.decoder_intermediate_dim)
         if not float(self.frame_weight) >= 0:
@@ -68,13 +97,13 @@ def build_encoder(cfg: FrontendFields, seanet_args: dict) -> nn.Module:
     if cfg.encoder_type == "stft":
         return SpectralEncoder(dim=seanet_args["dim"], hop_length=_hop(seanet_args), width=cfg.encoder_dim,
                                num_layers=cfg.encoder_layers)
-    return SEANetEncoder(**seanet_args)
+    return SEANetEncoder(**seanet_args, **cfg.seanet_switches("encoder"))
 
 
 def build_decoder(cfg: FrontendFields, seanet_args: dict) -> nn.Module:
     """The configured decoder: latents ``[B, dim, t]`` → waveform ``[B, 1, t · hop]`` (unclamped)."""
     if cfg.decoder_type == "seanet":
-        return SEANetDecoder(**seanet_args)
+        return SEANetDecoder(**seanet_args, **cfg.seanet_switches("decoder"))
     kind = InstantaneousFrequencyDecoder if cfg.decoder_type == "vocos-if" else VocosDecoder
     return kind(dim=seanet_args["dim"], hop_length=_hop(seanet_args), width=cfg.decoder_dim, num_layers=cfg.decoder_layers,
                 intermediate_dim=cfg.decoder_intermediate_dim)

@@ -76,16 +76,6 @@ class RVQAudioConfig(FrontendFields):
     kernel_size: int = 7
     causal: bool = False
     weight_norm: bool = True
-    pad_mode: str = "zeros"
-    conv_shortcut: bool = False
-    lstm_layers: int = 0
-    activation: str = "elu"
-    dilation_base: int = 2
-    compress: int = 2
-    residual_kernel_size: int = 3
-    latent_kernel_size: int | None = None
-    decoder_channels: int | None = None
-    final_activation: str = "none"
     codebook_size: int = 1024
     codebook_dim: int | None = None
     cosine_codebooks: bool = False
@@ -118,10 +108,6 @@ class RVQAudioConfig(FrontendFields):
             raise ValueError(f"clip_samples={self.clip_samples} is shorter than one frame (hop_length {hop} = prod(strides))")
         if self.codebook_dim is not None:
             require_positive_int("codebook_dim", self.codebook_dim)
-        if self.latent_kernel_size is not None:
-            require_positive_int("latent_kernel_size", self.latent_kernel_size)
-        if self.decoder_channels is not None:
-            require_positive_int("decoder_channels", self.decoder_channels)
         if self.generator_quantizers is not None:
             require_positive_int("generator_quantizers", self.generator_quantizers)
             if self.generator_quantizers > self.num_quantizers:
@@ -196,12 +182,9 @@ class RVQAudioCodec(PretrainedModel):
         self.cfg = cfg
         backbone = {"channels": 1, "dim": cfg.dim, "base_channels": cfg.base_channels, "strides": cfg.strides,
                     "num_res_blocks": cfg.num_res_blocks, "kernel_size": cfg.kernel_size, "causal": cfg.causal,
-                    "weight_norm": cfg.weight_norm, "pad_mode": cfg.pad_mode, "conv_shortcut": cfg.conv_shortcut,
-                    "lstm_layers": cfg.lstm_layers, "activation": cfg.activation, "dilation_base": cfg.dilation_base,
-                    "compress": cfg.compress, "residual_kernel_size": cfg.residual_kernel_size}
-        self.encoder = build_encoder(cfg, {**backbone, "latent_kernel_size": cfg.latent_kernel_size})
-        self.decoder = build_decoder(cfg, {**backbone, "decoder_channels": cfg.decoder_channels,
-                                           "final_activation": cfg.final_activation})
+                    "weight_norm": cfg.weight_norm}
+        self.encoder = build_encoder(cfg, backbone)
+        self.decoder = build_decoder(cfg, backbone)
         lookup_dim = cfg.codebook_dim or cfg.dim
         self.projections = None if cfg.codebook_dim is None else nn.ModuleList(
             _CodebookProjection(cfg.dim, cfg.codebook_dim) for _ in range(cfg.num_quantizers))

@@ -20,7 +20,13 @@ downsampling conv of the encoder, after the first conv of the decoder). DAC's: `
 (``x + sin²(αx)/α`` with a learned α per channel), residual units at full width (``compress=1``) with
 kernel 7 (``residual_kernel_size``) and dilations 1, 3, 9 (``dilation_base=3``, ``num_res_blocks=3``),
 a kernel-3 conv into the latent (``latent_kernel_size``), a decoder that starts wider than the encoder
-ends (``decoder_channels``) and a ``tanh`` on its output (``final_activation``).
+ends (``decoder_channels``) and a ``tanh`` on its output (``final_activation``). SNAC's, on top of DAC's:
+``depthwise`` convolutions (the residual units' dilated conv, the conv into the latent and the decoder's
+first conv, which a 1×1 conv then widens), windowed self-attention at the narrowest point
+(``attention_window``: LayerNorm, heads of 64 with rotary positions inside each window, a residual), no
+activation before the latent conv (``latent_activation=False``) and a noise injection after each
+upsampling (``noise``: ``x + ε · conv1×1(x)`` with ε ~ N(0, 1) per sample and time step, drawn from
+torch's global generator as SNAC draws it; seed it for a repeatable decode).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmgen.rope import NDRotaryEmbedding, apply_rotary
 
 __all__ = ["SEANetDecoder", "SEANetEncoder", "SEANetStream"]
 
@@ -73,10 +81,10 @@ class _Conv(nn.Module):
     """Conv1d mapping ``n`` samples to ``n / stride``; ``context`` = the past samples one output needs."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
-                 causal: bool, weight_norm: bool, pad_mode: str = "zeros") -> None:
+                 causal: bool, weight_norm: bool, pad_mode: str = "zeros", groups: int = 1, bias: bool = True) -> None:
         super().__init__()
-        self.conv = _maybe_weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation),
-                                       weight_norm)
+        self.conv = _maybe_weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
+                                                 groups=groups, bias=bias), weight_norm)
         self.context = (kernel_size - 1) * dilation + 1 - stride
         self.left = self.context if causal else self.context - self.context // 2
         self.pad_mode = pad_mode
@@ -122,10 +130,12 @@ class _ResidualUnit(nn.Module):
     """
 
     def __init__(self, width: int, *, dilation: int, conv_shortcut: bool = False, activation: str = "elu", compress: int = 2,
-                 kernel_size: int = 3, **conv: Any) -> None:
+                 kernel_size: int = 3, depthwise: bool = False, **conv: Any) -> None:
         super().__init__()
         hidden = width // compress
-        self.inner = _Stack(_activation(activation, width), _Conv(width, hidden, kernel_size, dilation=dilation, **conv),
+        groups = width if depthwise else 1
+        self.inner = _Stack(_activation(activation, width),
+                            _Conv(width, hidden, kernel_size, dilation=dilation, groups=groups, **conv),
                             _activation(activation, hidden), _Conv(hidden, width, 1, **conv))
         self.shortcut = _Conv(width, width, 1, **conv) if conv_shortcut else None
 
@@ -153,6 +163,51 @@ class _SkipLSTM(nn.Module):
         return (y_nBC + x_nBC).permute(1, 2, 0)
 
 
+class _WindowedAttention(nn.Module):
+    """``x + out(attention within windows of ``window`` steps)`` on ``[B, C, n]``: SNAC's local attention.
+
+    LayerNorm, then heads of 64 channels whose queries and keys are rotated by their position inside the
+    window (the half-split rotary of :mod:`mmgen.rope`), full attention inside each window.
+    """
+
+    head_dim = 64
+
+    def __init__(self, width: int, window: int) -> None:
+        super().__init__()
+        if width % self.head_dim:
+            raise ValueError(f"attention at width {width} needs a multiple of {self.head_dim} channels (heads of 64)")
+        self.window, self.heads = window, width // self.head_dim
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+        self.rotary = NDRotaryEmbedding(head_dim=self.head_dim)
+
+    def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
+        B, C, n = x_BCn.shape
+        if n % self.window:
+            raise ValueError(f"windowed attention needs a multiple of {self.window} frames at its depth, got {n}")
+        q, k, v = self.qkv(self.norm(x_BCn.transpose(1, 2))).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, n // self.window, self.window, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
+                   .reshape(B * self.heads, n // self.window, self.window, self.head_dim) for t in (q, k, v))
+        cos, sin = self.rotary(torch.arange(self.window, device=x_BCn.device, dtype=torch.float32).view(1, -1, 1))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v)  # [B·H, windows, window, head_dim]
+        y = y.reshape(B, self.heads, n, self.head_dim).permute(0, 2, 1, 3).reshape(B, n, C)
+        return x_BCn + self.out(y).transpose(1, 2)
+
+
+class _Noise(nn.Module):
+    """``x + ε · conv1×1(x)``, ε ~ N(0, 1) of shape ``[B, 1, n]`` from torch's global generator (SNAC's noise block)."""
+
+    def __init__(self, width: int, *, weight_norm: bool) -> None:
+        super().__init__()
+        self.scale = _Conv(width, width, 1, causal=False, weight_norm=weight_norm, bias=False)
+
+    def forward(self, x_BCn: torch.Tensor) -> torch.Tensor:
+        noise_B1n = torch.randn(x_BCn.shape[0], 1, x_BCn.shape[-1], device=x_BCn.device, dtype=x_BCn.dtype)
+        return x_BCn + noise_B1n * self.scale(x_BCn)
+
+
 class _Stack(nn.Sequential):
     """``nn.Sequential`` whose ``step`` threads the streaming states through its stateful layers."""
 
@@ -164,7 +219,7 @@ class _Stack(nn.Sequential):
 
 def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequence[int], num_res_blocks: int,
                  kernel_size: int, pad_mode: str, lstm_layers: int, activation: str, dilation_base: int, compress: int,
-                 residual_kernel_size: int) -> tuple[int, ...]:
+                 residual_kernel_size: int, attention_window: int, causal: bool) -> tuple[int, ...]:
     for name, value in (("channels", channels), ("dim", dim), ("base_channels", base_channels), ("kernel_size", kernel_size),
                         ("dilation_base", dilation_base), ("compress", compress), ("residual_kernel_size", residual_kernel_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -182,6 +237,11 @@ def _check_sizes(*, channels: int, dim: int, base_channels: int, strides: Sequen
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     if isinstance(lstm_layers, bool) or not isinstance(lstm_layers, int) or lstm_layers < 0:
         raise ValueError(f"lstm_layers must be an int >= 0, got {lstm_layers!r}")
+    if isinstance(attention_window, bool) or not isinstance(attention_window, int) or attention_window < 0:
+        raise ValueError(f"attention_window must be an int >= 0, got {attention_window!r}")
+    if attention_window and causal:
+        raise ValueError("attention_window > 0 attends within whole windows, so it cannot be causal (streaming); "
+                         "use causal=False")
     return strides
 
 
@@ -189,8 +249,10 @@ def _residual_units(width: int, num_res_blocks: int, *, dilation_base: int, **un
     return [_ResidualUnit(width, dilation=dilation_base**j, **unit) for j in range(num_res_blocks)]
 
 
-def _lstm(width: int, lstm_layers: int) -> list[nn.Module]:
-    return [_SkipLSTM(width, lstm_layers)] if lstm_layers else []
+def _narrowest(width: int, lstm_layers: int, attention_window: int) -> list[nn.Module]:
+    """What sits at the narrowest point of the stack: EnCodec's LSTM, SNAC's windowed attention, or nothing."""
+    return ([_SkipLSTM(width, lstm_layers)] if lstm_layers else []) + (
+        [_WindowedAttention(width, attention_window)] if attention_window else [])
 
 
 class SEANetEncoder(nn.Module):
@@ -199,23 +261,26 @@ class SEANetEncoder(nn.Module):
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
                  num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
                  pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0, activation: str = "elu",
-                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, latent_kernel_size: int | None = None) -> None:
+                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, depthwise: bool = False,
+                 attention_window: int = 0, latent_kernel_size: int | None = None, latent_activation: bool = True) -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
                                num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers,
                                activation=activation, dilation_base=dilation_base, compress=compress,
-                               residual_kernel_size=residual_kernel_size)
+                               residual_kernel_size=residual_kernel_size, attention_window=attention_window, causal=causal)
         conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
         unit = {"conv_shortcut": conv_shortcut, "activation": activation, "dilation_base": dilation_base, "compress": compress,
-                "kernel_size": residual_kernel_size, **conv}
+                "kernel_size": residual_kernel_size, "depthwise": depthwise, **conv}
         layers: list[nn.Module] = [_Conv(channels, base_channels, kernel_size, **conv)]
         width = base_channels
         for stride in strides:
             layers += _residual_units(width, num_res_blocks, **unit)
             layers += [_activation(activation, width), _Conv(width, 2 * width, 2 * stride, stride=stride, **conv)]
             width *= 2
-        layers += [*_lstm(width, lstm_layers), _activation(activation, width),
-                   _Conv(width, dim, latent_kernel_size or kernel_size, **conv)]
+        if depthwise and dim != width:
+            raise ValueError(f"depthwise=True maps the last width ({width}) to the latent depthwise: dim must equal it, got {dim}")
+        layers += [*_narrowest(width, lstm_layers, attention_window), *([_activation(activation, width)] if latent_activation else []),
+                   _Conv(width, dim, latent_kernel_size or kernel_size, groups=width if depthwise else 1, **conv)]
         self.net = _Stack(*layers)
         self.channels, self.dim, self.causal = channels, dim, causal
         self.strides = strides
@@ -236,25 +301,29 @@ class SEANetDecoder(nn.Module):
     def __init__(self, *, channels: int = 1, dim: int = 128, base_channels: int = 32, strides: Sequence[int] = (2, 4, 5, 8),
                  num_res_blocks: int = 1, kernel_size: int = 7, causal: bool = False, weight_norm: bool = True,
                  pad_mode: str = "zeros", conv_shortcut: bool = False, lstm_layers: int = 0, activation: str = "elu",
-                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, decoder_channels: int | None = None,
-                 final_activation: str = "none") -> None:
+                 dilation_base: int = 2, compress: int = 2, residual_kernel_size: int = 3, depthwise: bool = False,
+                 attention_window: int = 0, decoder_channels: int | None = None, final_activation: str = "none",
+                 noise: bool = False) -> None:
         super().__init__()
         strides = _check_sizes(channels=channels, dim=dim, base_channels=base_channels, strides=strides,
                                num_res_blocks=num_res_blocks, kernel_size=kernel_size, pad_mode=pad_mode, lstm_layers=lstm_layers,
                                activation=activation, dilation_base=dilation_base, compress=compress,
-                               residual_kernel_size=residual_kernel_size)
+                               residual_kernel_size=residual_kernel_size, attention_window=attention_window, causal=causal)
         if final_activation not in FINAL_ACTIVATIONS:
             raise ValueError(f"final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}")
         conv = {"causal": causal, "weight_norm": weight_norm, "pad_mode": pad_mode}
         unit = {"conv_shortcut": conv_shortcut, "activation": activation, "dilation_base": dilation_base, "compress": compress,
-                "kernel_size": residual_kernel_size, **conv}
+                "kernel_size": residual_kernel_size, "depthwise": depthwise, **conv}
         width = decoder_channels or base_channels * 2 ** len(strides)
         if width % 2 ** len(strides):
             raise ValueError(f"decoder_channels={width} must halve {len(strides)} times (a multiple of {2 ** len(strides)})")
-        layers: list[nn.Module] = [_Conv(dim, width, kernel_size, **conv), *_lstm(width, lstm_layers)]
+        entry = [_Conv(dim, dim, kernel_size, groups=dim, **conv), _Conv(dim, width, 1, **conv)] if depthwise else [
+            _Conv(dim, width, kernel_size, **conv)]
+        layers: list[nn.Module] = [*entry, *_narrowest(width, lstm_layers, attention_window)]
         for stride in reversed(strides):
             layers += [_activation(activation, width), _ConvTranspose(width, width // 2, stride, causal=causal, weight_norm=weight_norm)]
             width //= 2
+            layers += [_Noise(width, weight_norm=weight_norm)] if noise else []
             layers += _residual_units(width, num_res_blocks, **unit)
         layers += [_activation(activation, width), _Conv(width, channels, kernel_size, **conv)]
         if final_activation == "tanh":
