@@ -83,3 +83,26 @@ def test_mismatched_llamagen_weights_are_listed(published):
         llamagen_generator(weights, {k: v for k, v in config.items() if k != "n_head"})
     with pytest.raises(ValueError, match="model_type='t2i'"):
         llamagen_generator(weights, {**config, "model_type": "t2i"})
+
+
+def test_cli_converts_llamagen_into_a_pipeline_that_generates_its_images(published, tmp_path):
+    import shutil
+
+    from mmgen.app.cli import main
+
+    _, config, io = published
+    src = tmp_path / "llamagen"
+    src.mkdir()
+    for name in ("gpt.safetensors", "vq.safetensors"):
+        shutil.copy(FIXTURE / name, src / name)
+    vq = json.loads((FIXTURE / "vq_config.json").read_text())
+    tokenizer = {**vq["model_args"], "ch": vq["encoder"]["ch"], "num_res_blocks": vq["encoder"]["num_res_blocks"]}
+    (src / "config.json").write_text(json.dumps({"gpt": config, "tokenizer": tokenizer}))
+    assert main(["convert", "--from", "llamagen", str(src), str(tmp_path / "pipe")]) == 0
+    pipe = NextTokenPipeline.from_pretrained(tmp_path / "pipe")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[1, 7], guidance_scale=4.0, temperature=0.0, output_type="pt")
+    assert torch.equal(out.tokens.reshape(2, 16), io["gpt_generated_cfg4"].long())
+    images = out.images * 2 - 1  # "pt" images are in [0, 1]; LlamaGen's decode_code gives [-1, 1] unclamped
+    assert (images - io["vq_decoded_gpt_cfg4"].clamp(-1, 1)).abs().max() <= 1e-4
+    assert "LlamaGen" in (tmp_path / "pipe" / "README.md").read_text()

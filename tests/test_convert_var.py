@@ -79,3 +79,25 @@ def test_mismatched_var_weights_are_listed(published):
         var_generator(weights, {**config, "patch_nums": [1, 2, 4]})
     with pytest.raises(ValueError, match="shared_aln=True is not converted"):
         var_generator(weights, {**config, "shared_aln": True})
+
+
+def test_cli_converts_var_into_a_pipeline_that_generates_its_images(published, tmp_path):
+    import shutil
+
+    from mmgen.app.cli import main
+
+    _, config, io, _ = published
+    src = tmp_path / "var"
+    src.mkdir()
+    for name in ("var.safetensors", "vae.safetensors"):
+        shutil.copy(FIXTURE / name, src / name)
+    vae = json.loads((FIXTURE / "vae_config.json").read_text())
+    tokenizer = {**vae["vqvae_kwargs"], **vae["encoder_decoder_ddconfig"], "image_size": vae["image_size"]}
+    (src / "config.json").write_text(json.dumps({"gpt": config, "tokenizer": tokenizer}))
+    assert main(["convert", "--from", "var", str(src), str(tmp_path / "pipe")]) == 0
+    pipe = NextScalePipeline.from_pretrained(tmp_path / "pipe")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[1, 7], guidance_scale=GuidanceSchedule.from_var(cfg=1.5), temperature=0.0, output_type="pt")
+    for k, ids_Bhw in enumerate(out.tokens):
+        assert torch.equal(ids_Bhw.reshape(2, -1), io[f"gen_cfg15_idx_{k}"]), f"scale {k}"
+    assert (out.images - io["gen_cfg15_img"]).abs().max() <= 1e-4  # both in [0, 1]

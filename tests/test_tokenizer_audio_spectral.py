@@ -226,10 +226,12 @@ def test_loss_holds_the_frame_term(kind):
 def test_a_few_adam_steps_lower_the_loss(kind):
     """Twenty steps on one batch. The RVQ codec trains without quantizer dropout (each step would draw another
     objective) and with the faster codebook EMA of the other codecs (0.8: at 0.95 the codes lag the moving encoder
-    for the first steps)."""
+    for the first steps). The single codebook (32 codes for every frame) reassigns frames at every EMA step, so a
+    large step makes its loss wander, with a course that depends on the thread count: it gets smaller, more steps."""
     rvq = kind.startswith("rvq")
     codec = spectral_codec(kind, **({"quantizer_dropout": False, "decay": 0.8} if rvq else {}))
-    losses, logs = adam_steps(codec, [batch_for(kind)] * 20, lr=1e-3 if rvq else 3e-3)
+    steps, lr = (30, 5e-4) if kind == "single" else (20, 1e-3 if rvq else 3e-3)
+    losses, logs = adam_steps(codec, [batch_for(kind)] * steps, lr=lr)
     assert all(math.isfinite(value) for value in losses)
     assert min(losses[-5:]) < 0.95 * losses[0], losses
     assert ("frames" in logs) == (kind != "rvq-vocos") and all(math.isfinite(value) for value in logs.values())

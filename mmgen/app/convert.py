@@ -1,7 +1,10 @@
 """``mmgen convert --from SOURCE SRC DST``: published weights of another project into an mmgen folder.
 
 SRC is the folder the original publishes (``config.json`` next to ``model.safetensors``, as on the hub)
-or a weights file with its ``config.json`` beside it. Safetensors are read as they are; a pickle
+or a weights file with its ``config.json`` beside it; for a generator (LlamaGen, VAR), a folder with its
+two checkpoints (GPT and tokenizer, told apart by their keys) and optionally a ``config.json`` of
+``{"gpt": {...}, "tokenizer": {...}}`` with the original constructors' arguments where the weights
+do not determine them. Safetensors are read as they are; a pickle
 (``.bin``, ``.pt``, ``.pth``, ``.th``, ``.ckpt``) is loaded only with ``allow_pickle=True``
 (``--allow-pickle``), and then with ``torch.load(weights_only=True)`` and a warning, since unpickling
 runs code from the file. DST gets the converted model saved by ``save_pretrained`` and a model card
@@ -25,7 +28,7 @@ from mmgen.model_card import loading_code, write_model_card
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SOURCES", "Source", "convert", "read_published"]
+__all__ = ["SOURCES", "Source", "convert", "load_weights", "read_published"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".th", ".ckpt")
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -33,25 +36,64 @@ WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 @dataclass(frozen=True)
 class Source:
-    """A project whose weights convert: what it is, what mmgen builds from it, and the function that does it."""
+    """A project whose weights convert: what it is, what mmgen builds from it, and the function that does it.
+
+    ``build(src, allow_pickle)`` reads the published folder or file and returns the mmgen model or pipeline.
+    """
 
     title: str
     layout: str
     builds: str
     tags: tuple[str, ...]
-    build: Callable[[Mapping[str, "torch.Tensor"], Mapping[str, Any]], Any]
+    build: Callable[[Path, bool], Any]
 
 
-def _encodec(weights: Mapping[str, "torch.Tensor"], config: Mapping[str, Any]) -> Any:
+def _encodec(src: Path, allow_pickle: bool) -> Any:
     from tokenizers_audio.encodec_weights import rvq_codec_from_encodec
 
-    return rvq_codec_from_encodec(weights, config)
+    return rvq_codec_from_encodec(*read_published(src, allow_pickle=allow_pickle))
 
 
-def _dac(weights: Mapping[str, "torch.Tensor"], config: Mapping[str, Any]) -> Any:
+def _dac(src: Path, allow_pickle: bool) -> Any:
     from tokenizers_audio.dac_weights import rvq_codec_from_dac
 
-    return rvq_codec_from_dac(weights, config)
+    return rvq_codec_from_dac(*read_published(src, allow_pickle=allow_pickle))
+
+
+def _snac(src: Path, allow_pickle: bool) -> Any:
+    from tokenizers_audio.snac_weights import multiscale_codec_from_snac
+
+    return multiscale_codec_from_snac(*read_published(src, allow_pickle=allow_pickle))
+
+
+def _llamagen(src: Path, allow_pickle: bool) -> Any:
+    import math
+
+    from mmgen.llamagen_weights import llamagen_generator
+    from pipelines import NextTokenPipeline
+    from tokenizers_visual.llamagen_weights import vq_tokenizer_from_llamagen
+
+    parts, config = _generator_parts(src, allow_pickle, gpt_key="tok_embeddings.weight", source="LlamaGen")
+    generator = llamagen_generator(parts["gpt"], config.get("gpt", {}))
+    tokenizer_config = dict(config.get("tokenizer", {}))
+    if "image_size" not in tokenizer_config:  # the image whose grid the GPT generates
+        grid = math.isqrt(generator.gpt.cfg.max_seq_len)
+        tokenizer_config["image_size"] = grid * vq_tokenizer_from_llamagen(parts["tokenizer"], tokenizer_config).downsample
+    tokenizer = vq_tokenizer_from_llamagen(parts["tokenizer"], tokenizer_config)
+    return NextTokenPipeline(gpt=generator.gpt, tokenizer=tokenizer, head=generator.head, conditioner=generator.conditioner,
+                             null_condition_trained=True, rotary_coords="input")
+
+
+def _var(src: Path, allow_pickle: bool) -> Any:
+    from mmgen.var_weights import var_generator
+    from pipelines import NextScalePipeline
+    from tokenizers_visual.var_weights import multiscale_vq_from_var
+
+    parts, config = _generator_parts(src, allow_pickle, gpt_key="class_emb.weight", source="VAR")
+    generator, patch_nums = var_generator(parts["gpt"], config.get("gpt", {}))
+    tokenizer = multiscale_vq_from_var(parts["tokenizer"], {"v_patch_nums": list(patch_nums), **config.get("tokenizer", {})})
+    return NextScalePipeline(gpt=generator.gpt, tokenizer=tokenizer, head=generator.head, conditioner=generator.conditioner,
+                             null_condition_trained=True)
 
 
 SOURCES: dict[str, Source] = {
@@ -63,6 +105,18 @@ SOURCES: dict[str, Source] = {
         title="DAC, the Descript Audio Codec (Kumar et al., 2023)",
         layout="transformers' DacModel (config.json + model.safetensors, e.g. descript/dac_16khz)",
         builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_dac),
+    "snac": Source(
+        title="SNAC, the Multi-Scale Neural Audio Codec (Siuzdak et al., 2024)",
+        layout="the snac package's folder (config.json + pytorch_model.bin, e.g. hubertsiuzdak/snac_24khz)",
+        builds="MultiScaleAudioCodec", tags=("audio-tokenizer",), build=_snac),
+    "llamagen": Source(
+        title="LlamaGen (Sun et al., 2024), class-conditional",
+        layout="a folder with the GPT checkpoint (c2i_*.pt) and the VQ checkpoint (vq_ds16_c2i.pt), optional config.json",
+        builds="NextTokenPipeline", tags=("image-generation",), build=_llamagen),
+    "var": Source(
+        title="VAR (Tian et al., 2024)",
+        layout="a folder with the VAR checkpoint (var_d*.pth) and the VQVAE checkpoint (vae_ch160v4096z32.pth), optional config.json",
+        builds="NextScalePipeline", tags=("image-generation",), build=_var),
 }
 
 
@@ -74,10 +128,15 @@ def _weights_file(src: Path) -> Path:
     for name in WEIGHT_NAMES:
         if (src / name).is_file():
             return src / name
-    found = sorted(p.name for p in src.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
+    found = _weight_files(src)
     if len(found) == 1:
-        return src / found[0]
-    raise FileNotFoundError(f"src: {src} holds no single weights file (looked for {', '.join(WEIGHT_NAMES)}; found {found or 'none'})")
+        return found[0]
+    raise FileNotFoundError(f"src: {src} holds no single weights file (looked for {', '.join(WEIGHT_NAMES)}; "
+                            f"found {[p.name for p in found] or 'none'})")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
 
 
 def _state_dict(loaded: Any, path: Path) -> dict[str, "torch.Tensor"]:
@@ -92,28 +151,63 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, "torch.Tensor"]:
     return dict(loaded)
 
 
+def load_weights(path: Path, *, allow_pickle: bool) -> dict[str, "torch.Tensor"]:
+    """One weights file: safetensors as it is, a pickle only when allowed (tensors only, ``weights_only=True``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ValueError(f"src: {path} is not a weights file (.safetensors, or a pickle {', '.join(PICKLE_SUFFIXES)})")
+    if not allow_pickle:
+        raise ValueError(f"src: {path} is a pickle; unpickling can run code from the file, so it is loaded only with "
+                         "--allow-pickle (allow_pickle=True). Prefer the project's safetensors file if it has one.")
+    import pickle
+
+    import torch
+
+    print(f"mmgen convert: WARNING: unpickling {path} (--allow-pickle); only do this with files you trust", file=sys.stderr)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"src: {path} holds Python objects besides tensors (a training checkpoint's arguments or "
+                         f"optimizer), which mmgen does not unpickle; save its state dict alone with "
+                         f"torch.save(torch.load(path, weights_only=False)['model'], 'weights.pt') where you trust it") from error
+    return _state_dict(loaded, path)
+
+
 def read_published(src: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
     """``(weights, config)`` of a published checkpoint: a safetensors or (with ``allow_pickle``) pickle file and its config.json."""
     src = Path(src)
     path = _weights_file(src)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path))
-    elif path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ValueError(f"src: {path} is a pickle; unpickling can run code from the file, so it is loaded only with "
-                             "--allow-pickle (allow_pickle=True). Prefer the project's safetensors file if it has one.")
-        import torch
-
-        print(f"mmgen convert: WARNING: unpickling {path} (--allow-pickle); only do this with files you trust", file=sys.stderr)
-        weights = _state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    else:
-        raise ValueError(f"src: {path} is not a weights file (.safetensors, or a pickle {', '.join(PICKLE_SUFFIXES)})")
+    weights = load_weights(path, allow_pickle=allow_pickle)
     config_path = (src if src.is_dir() else src.parent) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"src: no config.json next to {path}; the conversion reads the model's sizes from it")
     return weights, json.loads(config_path.read_text())
+
+
+def _generator_parts(src: Path, allow_pickle: bool, *, gpt_key: str,
+                     source: str) -> tuple[dict[str, dict[str, "torch.Tensor"]], dict[str, Any]]:
+    """A generator's two checkpoints in one folder, told apart by their keys (the GPT's holds ``gpt_key``), and the
+    optional ``config.json`` (``{"gpt": {...}, "tokenizer": {...}}``: the original constructors' arguments)."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"src: {src} must be a folder holding the {source} GPT and tokenizer checkpoints")
+    files = _weight_files(src)
+    if len(files) != 2:
+        raise FileNotFoundError(f"src: {src} must hold exactly two weights files (the {source} GPT and its tokenizer), "
+                                f"found {[p.name for p in files] or 'none'}")
+    loaded = [load_weights(path, allow_pickle=allow_pickle) for path in files]
+    gpt = [i for i, weights in enumerate(loaded) if gpt_key in weights]
+    if len(gpt) != 1:
+        raise ValueError(f"src: exactly one of {[p.name for p in files]} must be the {source} GPT (holding {gpt_key!r}); "
+                         f"{len(gpt)} are")
+    config_path = src / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    unknown = sorted(set(config) - {"gpt", "tokenizer"})
+    if unknown:
+        raise ValueError(f"src: config.json may hold 'gpt' and 'tokenizer' entries, got {unknown}")
+    return {"gpt": loaded[gpt[0]], "tokenizer": loaded[1 - gpt[0]]}, config
 
 
 def convert(source: str, src: str | Path, dst: str | Path, *, allow_pickle: bool = False, overwrite: bool = False) -> Path:
@@ -124,8 +218,7 @@ def convert(source: str, src: str | Path, dst: str | Path, *, allow_pickle: bool
     if dst.exists() and not overwrite:
         raise FileExistsError(f"dst: {dst} exists; pass --overwrite (overwrite=True) to replace it")
     spec = SOURCES[source]
-    weights, config = read_published(src, allow_pickle=allow_pickle)
-    model = spec.build(weights, config)
+    model = spec.build(Path(src), allow_pickle)
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
@@ -135,7 +228,7 @@ def convert(source: str, src: str | Path, dst: str | Path, *, allow_pickle: bool
             data=f"Not trained by mmgen: the published weights of {spec.title}, read from {Path(src).name} "
                  f"({spec.layout}) by `mmgen convert --from {source}`. The weights keep their source's license; "
                  f"check it before you share this folder.",
-            training={"source": source, "source_layout": spec.layout, "parameters": sum(p.numel() for p in model.parameters())},
+            training={"source": source, "source_layout": spec.layout, "parameters": _parameter_count(model)},
             metrics={}, usage=loading_code(spec.builds, str(dst)),
             summary=f"{spec.title}'s weights as an mmgen `{spec.builds}`; its outputs equal the original's (see the "
                     f"README's 'Bring your own weights').",
@@ -147,3 +240,11 @@ def convert(source: str, src: str | Path, dst: str | Path, *, allow_pickle: bool
         if staging.exists():
             shutil.rmtree(staging)
     return dst
+
+
+def _parameter_count(model: Any) -> int:
+    """Parameters of a model, or of every module component of a pipeline."""
+    import torch
+
+    modules = [c for c in getattr(model, "components", {}).values() if isinstance(c, torch.nn.Module)] or [model]
+    return sum(p.numel() for module in modules for p in module.parameters())
