@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .kl import KLConfig, KLImageTokenizer
     from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
     from .octree import OctreeConfig, OctreeTokenizer
+    from .titok import TiTokConfig, TiTokTokenizer
     from .variational_shape import VariationalShapeConfig, VariationalShapeTokenizer
     from .video import CausalVideoConfig, CausalVideoTokenizer
     from .vq import VQConfig, VQImageTokenizer
@@ -29,6 +30,7 @@ __getattr__, __dir__ = attach(__name__, {
     "kl": ("KLConfig", "KLImageTokenizer"),
     "multiscale_vq": ("MultiScaleVQConfig", "MultiScaleVQTokenizer"),
     "octree": ("OctreeConfig", "OctreeTokenizer"),
+    "titok": ("TiTokConfig", "TiTokTokenizer"),
     "variational_shape": ("VariationalShapeConfig", "VariationalShapeTokenizer"),
     "video": ("CausalVideoConfig", "CausalVideoTokenizer"),
     "vq": ("VQConfig", "VQImageTokenizer"),
@@ -47,6 +49,8 @@ __all__ = [
     "MultiScaleVQTokenizer",
     "OctreeConfig",
     "OctreeTokenizer",
+    "TiTokConfig",
+    "TiTokTokenizer",
     "VQConfig",
     "VQImageTokenizer",
     "VariationalShapeConfig",

@@ -66,6 +66,12 @@ def _snac(src: Path, allow_pickle: bool) -> Any:
     return multiscale_codec_from_snac(*read_published(src, allow_pickle=allow_pickle))
 
 
+def _titok(src: Path, allow_pickle: bool) -> Any:
+    from tokenizers_visual.titok_weights import tokenizer_from_titok
+
+    return tokenizer_from_titok(*read_published(src, allow_pickle=allow_pickle))
+
+
 def _llamagen(src: Path, allow_pickle: bool) -> Any:
     import math
 
@@ -109,6 +115,10 @@ SOURCES: dict[str, Source] = {
         title="SNAC, the Multi-Scale Neural Audio Codec (Siuzdak et al., 2024)",
         layout="the snac package's folder (config.json + pytorch_model.bin, e.g. hubertsiuzdak/snac_24khz)",
         builds="MultiScaleAudioCodec", tags=("audio-tokenizer",), build=_snac),
+    "titok": Source(
+        title="TiTok, a 1D image tokenizer (Yu et al., 2024)",
+        layout="the 1d-tokenizer hub folder (config.json + weights, e.g. yucornetto/tokenizer_titok_l32_imagenet)",
+        builds="TiTokTokenizer", tags=("image-tokenizer",), build=_titok),
     "llamagen": Source(
         title="LlamaGen (Sun et al., 2024), class-conditional",
         layout="a folder with the GPT checkpoint (c2i_*.pt) and the VQ checkpoint (vq_ds16_c2i.pt), optional config.json",
