@@ -120,6 +120,22 @@ def cli(id: str, argv: Callable[[SimpleNamespace], list[str]], fragment: str) ->
     return Row(id, argv, None, fragment)
 
 
+def _published(p: SimpleNamespace, name: str, *files: str, config: bool = True) -> str:
+    """A folder as another project publishes it: ``files`` (safetensors or a pickle of one tensor) and a config.json."""
+    from safetensors.torch import save_file
+
+    folder = p.root / name
+    folder.mkdir(exist_ok=True)
+    for file in files:
+        if file.endswith(".safetensors"):
+            save_file({"w": torch.zeros(1)}, str(folder / file))
+        else:
+            torch.save({"w": torch.zeros(1)}, folder / file)
+    if config:
+        (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
 def _weights_of_another_size(p: SimpleNamespace) -> Path:
     folder = p.copy("vq", "vq_edited")
     config = json.loads((folder / "config.json").read_text())
@@ -622,6 +638,26 @@ ROWS = [
     cli("upgrade: no NEW folder", lambda p: ["upgrade", str(p.root / "nt")], "the following arguments are required: new"),
     cli("upgrade: a file as OLD", lambda p: ["upgrade", str(p.root / "nt" / "model_index.json"), str(p.root / "upgraded")],
         "is not a pipeline folder of the old format"),
+    # ---- mmgen convert ----
+    cli("convert: an unknown source", lambda p: ["convert", "--from", "titan", "src", "dst"],
+        "argument --from: invalid choice: 'titan'"),
+    cli("convert: a folder without weights", lambda p: ["convert", "--from", "encodec", _published(p, "bare"), str(p.root / "c1")],
+        "holds no single weights file"),
+    cli("convert: a pickle without --allow-pickle", lambda p: [
+        "convert", "--from", "encodec", _published(p, "pickled", "pytorch_model.bin"), str(p.root / "c2")],
+        "is a pickle; unpickling can run code from the file, so it is loaded only with --allow-pickle"),
+    cli("convert: no config.json beside the weights", lambda p: [
+        "convert", "--from", "dac", _published(p, "no_config", "model.safetensors", config=False), str(p.root / "c3")],
+        "no config.json next to"),
+    cli("convert: a generator folder with one checkpoint", lambda p: [
+        "convert", "--from", "llamagen", _published(p, "one_ckpt", "gpt.safetensors"), str(p.root / "c4")],
+        "must hold exactly two weights files (the LlamaGen GPT and its tokenizer)"),
+    cli("convert: weights that are no EnCodec", lambda p: [
+        "convert", "--from", "encodec", _published(p, "not_encodec", "model.safetensors"), str(p.root / "c5")],
+        "the EnCodec weights hold no key quantizer.layers.<k>.codebook.embed"),
+    cli("convert: an existing destination", lambda p: [
+        "convert", "--from", "encodec", _published(p, "any", "model.safetensors"), str(p.root / "nt")],
+        "exists; pass --overwrite"),
     # ---- mmgen train ----
     cli("train: missing config", lambda p: ["train", str(p.root / "nowhere.yaml")], "nowhere.yaml' does not exist"),
     cli("train: a YAML list", lambda p: ["train", str(p.write("list.yaml", "- kind: generator\n- tokenizer: vq\n"))],
