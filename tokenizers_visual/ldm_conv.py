@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import ResBlock, _conv3x3
+from .conv import ConvDecoder, ConvEncoder, ResBlock, _conv3x3
 
-__all__ = ["BACKBONES", "NORM_GROUPS", "LDMDecoder", "LDMEncoder", "check_backbone"]
+__all__ = ["BACKBONES", "NORM_GROUPS", "LDMDecoder", "LDMEncoder", "check_backbone", "conv_stacks"]
 
 NORM_GROUPS = 32
 BACKBONES = ("conv", "ldm")
@@ -170,3 +170,13 @@ class LDMDecoder(nn.Module):
         for level in reversed(self.levels):
             h_BChw = level(h_BChw)
         return self.conv_out(F.silu(self.norm_out(h_BChw)))
+
+
+def conv_stacks(backbone: str, *, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
+                attention: bool) -> tuple[type[nn.Module], type[nn.Module], dict]:
+    """A checked config's encoder and decoder classes and the keyword arguments both take (width, depth, attention)."""
+    sizes = {"channels": channels, "channel_mult": channel_mult, "num_res_blocks": num_res_blocks}
+    if backbone == "ldm":
+        return LDMEncoder, LDMDecoder, {**sizes, "attention": attention}
+    return ConvEncoder, ConvDecoder, sizes
+

@@ -32,8 +32,8 @@ from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images, check_index
-from .conv import ConvDecoder, ConvEncoder, downsample_factor
-from .ldm_conv import LDMDecoder, LDMEncoder, check_backbone
+from .conv import downsample_factor
+from .ldm_conv import check_backbone, conv_stacks
 
 __all__ = [
     "MultiScaleVQConfig",
@@ -346,11 +346,8 @@ class MultiScaleVQTokenizer(PretrainedModel):
         super().__init__()
         config = self._register_typed_config(config)
         self.cfg = config
-        arch = dict(channels=config.channels, channel_mult=config.channel_mult, num_res_blocks=config.num_res_blocks)
-        if config.backbone == "ldm":
-            (encoder_class, decoder_class), arch["attention"] = (LDMEncoder, LDMDecoder), config.attention
-        else:
-            encoder_class, decoder_class = ConvEncoder, ConvDecoder
+        encoder_class, decoder_class, arch = conv_stacks(config.backbone, channels=config.channels, channel_mult=config.channel_mult,
+                                                         num_res_blocks=config.num_res_blocks, attention=config.attention)
         self.encoder = encoder_class(in_channels=config.in_channels, out_channels=config.codebook_dim, **arch)
         kernel = config.quant_conv_kernel
         self.quant_conv = nn.Conv2d(config.codebook_dim, config.codebook_dim, kernel, padding=kernel // 2)

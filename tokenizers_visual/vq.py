@@ -23,8 +23,8 @@ from mmgen.protocol import TokenSpec
 from mmgen.tokens import DiscreteContent, TokenLayout
 
 from .checks import check_ids_in_range, check_images
-from .conv import ConvDecoder, ConvEncoder, LatentGridMixin, downsample_factor
-from .ldm_conv import LDMDecoder, LDMEncoder, check_backbone
+from .conv import LatentGridMixin, downsample_factor
+from .ldm_conv import check_backbone, conv_stacks
 
 __all__ = ["CosineVectorQuantizer", "VQConfig", "VQImageTokenizer", "default_channel_mult", "reconstruction_loss"]
 
@@ -227,11 +227,8 @@ class VQImageTokenizer(LatentGridMixin, PretrainedModel):
         super().__init__()
         cfg = self._register_typed_config(config)
         self.cfg = cfg
-        backbone = {"channels": cfg.channels, "channel_mult": cfg.channel_mult, "num_res_blocks": cfg.num_res_blocks}
-        if cfg.backbone == "ldm":
-            encoder_class, decoder_class, backbone["attention"] = LDMEncoder, LDMDecoder, cfg.attention
-        else:
-            encoder_class, decoder_class = ConvEncoder, ConvDecoder
+        encoder_class, decoder_class, backbone = conv_stacks(cfg.backbone, channels=cfg.channels, channel_mult=cfg.channel_mult,
+                                                             num_res_blocks=cfg.num_res_blocks, attention=cfg.attention)
         self.encoder = encoder_class(in_channels=3, out_channels=cfg.z_channels, **backbone)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.quantizer = CosineVectorQuantizer(
