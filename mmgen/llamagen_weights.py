@@ -25,25 +25,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from .conditioning import ClassConditioner, ClassConditionerConfig
 from .gpt import GPT, GPTConfig
 from .heads import CategoricalHead, CategoricalHeadConfig
-from .weight_maps import Rule, WeightsMismatchError, assign_weights, count_levels
+from .weight_maps import ConvertedGenerator, Rule, WeightsMismatchError, assign_weights, count_levels
 
-__all__ = ["LLAMAGEN_HEADS", "LlamaGenGenerator", "llamagen_generator"]
+__all__ = ["LLAMAGEN_HEADS", "llamagen_generator"]
 
 # LlamaGen's GPT_B … GPT_3B: (dim, n_layer) -> n_head
 LLAMAGEN_HEADS = {(768, 12): 12, (1024, 24): 16, (1280, 36): 20, (1536, 48): 24, (3200, 24): 32}
-
-
-class LlamaGenGenerator(nn.Module):
-    """The three converted components under one roof, so one state dict names them all."""
-
-    def __init__(self, gpt: GPT, head: CategoricalHead, conditioner: ClassConditioner) -> None:
-        super().__init__()
-        self.gpt, self.head, self.conditioner = gpt, head, conditioner
 
 
 def _half_split_rows(weight: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -94,7 +85,7 @@ def _gpt_config(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) 
     return gpt, num_classes
 
 
-def llamagen_generator(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> LlamaGenGenerator:
+def llamagen_generator(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> ConvertedGenerator:
     """GPT, head and conditioner computing what LlamaGen's ``Transformer`` of ``weights`` computes (float32, eval mode).
 
     ``config``: LlamaGen's ``ModelArgs`` fields where known (``n_head``, ``block_size``, ``rope_base``,
@@ -103,7 +94,7 @@ def llamagen_generator(weights: Mapping[str, torch.Tensor], config: Mapping[str,
     """
     weights = _merged_ffn(weights)
     gpt_config, num_classes = _gpt_config(weights, config)
-    generator = LlamaGenGenerator(
+    generator = ConvertedGenerator(
         GPT(gpt_config), CategoricalHead(CategoricalHeadConfig(dim=gpt_config.dim, codebook_sizes=[gpt_config.vocab_size])),
         ClassConditioner(ClassConditionerConfig(dim=gpt_config.dim, num_classes=num_classes, as_start=True)))
     H, Hkv, D = gpt_config.n_heads, gpt_config.n_kv_heads, gpt_config.head_dim

@@ -25,26 +25,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .conditioning import ClassConditioner, ClassConditionerConfig
 from .gpt import GPT, GPTConfig
 from .heads import CategoricalHead, CategoricalHeadConfig
-from .weight_maps import Rule, WeightsMismatchError, assign_weights, count_levels
+from .weight_maps import ConvertedGenerator, Rule, WeightsMismatchError, assign_weights, count_levels
 
-__all__ = ["VAR_PATCH_NUMS", "VARGenerator", "var_generator"]
+__all__ = ["VAR_PATCH_NUMS", "var_generator"]
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's 256×256 models
 _BLOCK_CHUNKS = (4, 2, 0, 5, 3, 1)  # ours (shift1, scale1, gate1, shift2, scale2, gate2) from VAR's (γ1, γ2, s1, s2, b1, b2)
 _HEAD_CHUNKS = (1, 0)  # ours (shift, scale) from VAR's (scale, shift)
-
-
-class VARGenerator(nn.Module):
-    """The three converted components under one roof, so one state dict names them all."""
-
-    def __init__(self, gpt: GPT, head: CategoricalHead, conditioner: ClassConditioner) -> None:
-        super().__init__()
-        self.gpt, self.head, self.conditioner = gpt, head, conditioner
 
 
 def _reorder_chunks(order: tuple[int, ...]):
@@ -82,12 +73,12 @@ def _gpt_config(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) 
     return gpt, rows - 1, patch_nums
 
 
-def var_generator(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> tuple[VARGenerator, tuple[int, ...]]:
+def var_generator(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> tuple[ConvertedGenerator, tuple[int, ...]]:
     """GPT, head and conditioner computing what VAR's transformer of ``weights`` computes (float32, eval mode),
     and the ``patch_nums`` its VQVAE must use. ``config``: VAR's constructor arguments where known."""
     gpt_config, num_classes, patch_nums = _gpt_config(weights, config)
     dim = gpt_config.dim
-    generator = VARGenerator(
+    generator = ConvertedGenerator(
         GPT(gpt_config), CategoricalHead(CategoricalHeadConfig(dim=dim, codebook_sizes=[gpt_config.vocab_size], bias=True)),
         ClassConditioner(ClassConditionerConfig(dim=dim, num_classes=num_classes, adaln_dim=dim, as_start=True)))
     class_emb = weights["class_emb.weight"].float()

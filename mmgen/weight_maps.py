@@ -13,18 +13,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
 
-__all__ = ["Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "fold_weight_norm",
+__all__ = ["ConvertedGenerator", "Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "fold_weight_norm",
            "kernel1_as_linear", "rename_weights"]
+
+
+class ConvertedGenerator(nn.Module):
+    """A published generator's GPT, head and conditioner under one roof, so one state dict names them all."""
+
+    def __init__(self, gpt: nn.Module, head: nn.Module, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.gpt, self.head, self.conditioner = gpt, head, conditioner
 
 
 class WeightsMismatchError(ValueError):
     """The file's keys or shapes do not fit the model built from its config; the message lists them."""
 
 
+@lru_cache(maxsize=None)
 def _compile(template: str) -> tuple[re.Pattern[str], list[str]]:
     parts, names = [], []
     for piece in re.split(r"(\{[a-z_]+\})", template):
