@@ -14,6 +14,7 @@ leaves nothing half-written, and an existing DST is replaced only with ``overwri
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -48,28 +49,11 @@ class Source:
     build: Callable[[Path, bool], Any]
 
 
-def _encodec(src: Path, allow_pickle: bool) -> Any:
-    from tokenizers_audio.encodec_weights import rvq_codec_from_encodec
-
-    return rvq_codec_from_encodec(*read_published(src, allow_pickle=allow_pickle))
-
-
-def _dac(src: Path, allow_pickle: bool) -> Any:
-    from tokenizers_audio.dac_weights import rvq_codec_from_dac
-
-    return rvq_codec_from_dac(*read_published(src, allow_pickle=allow_pickle))
-
-
-def _snac(src: Path, allow_pickle: bool) -> Any:
-    from tokenizers_audio.snac_weights import multiscale_codec_from_snac
-
-    return multiscale_codec_from_snac(*read_published(src, allow_pickle=allow_pickle))
-
-
-def _titok(src: Path, allow_pickle: bool) -> Any:
-    from tokenizers_visual.titok_weights import tokenizer_from_titok
-
-    return tokenizer_from_titok(*read_published(src, allow_pickle=allow_pickle))
+def _one_file(module: str, function: str) -> Callable[[Path, bool], Any]:
+    """A source whose folder holds one weights file and its config.json, converted by ``module.function(weights, config)``."""
+    def build(src: Path, allow_pickle: bool) -> Any:
+        return getattr(importlib.import_module(module), function)(*read_published(src, allow_pickle=allow_pickle))
+    return build
 
 
 def _llamagen(src: Path, allow_pickle: bool) -> Any:
@@ -77,14 +61,14 @@ def _llamagen(src: Path, allow_pickle: bool) -> Any:
 
     from mmgen.llamagen_weights import llamagen_generator
     from pipelines import NextTokenPipeline
-    from tokenizers_visual.llamagen_weights import vq_tokenizer_from_llamagen
+    from tokenizers_visual.llamagen_weights import llamagen_vq_config, vq_tokenizer_from_llamagen
 
     parts, config = _generator_parts(src, allow_pickle, gpt_key="tok_embeddings.weight", source="LlamaGen")
     generator = llamagen_generator(parts["gpt"], config.get("gpt", {}))
     tokenizer_config = dict(config.get("tokenizer", {}))
     if "image_size" not in tokenizer_config:  # the image whose grid the GPT generates
         grid = math.isqrt(generator.gpt.cfg.max_seq_len)
-        tokenizer_config["image_size"] = grid * vq_tokenizer_from_llamagen(parts["tokenizer"], tokenizer_config).downsample
+        tokenizer_config["image_size"] = grid * llamagen_vq_config(tokenizer_config, parts["tokenizer"]).downsample
     tokenizer = vq_tokenizer_from_llamagen(parts["tokenizer"], tokenizer_config)
     return NextTokenPipeline(gpt=generator.gpt, tokenizer=tokenizer, head=generator.head, conditioner=generator.conditioner,
                              null_condition_trained=True, rotary_coords="input")
@@ -106,19 +90,19 @@ SOURCES: dict[str, Source] = {
     "encodec": Source(
         title="EnCodec (Défossez et al., 2022)",
         layout="transformers' EncodecModel (config.json + model.safetensors, e.g. facebook/encodec_24khz)",
-        builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_encodec),
+        builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_one_file("tokenizers_audio.encodec_weights", "rvq_codec_from_encodec")),
     "dac": Source(
         title="DAC, the Descript Audio Codec (Kumar et al., 2023)",
         layout="transformers' DacModel (config.json + model.safetensors, e.g. descript/dac_16khz)",
-        builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_dac),
+        builds="RVQAudioCodec", tags=("audio-tokenizer",), build=_one_file("tokenizers_audio.dac_weights", "rvq_codec_from_dac")),
     "snac": Source(
         title="SNAC, the Multi-Scale Neural Audio Codec (Siuzdak et al., 2024)",
         layout="the snac package's folder (config.json + pytorch_model.bin, e.g. hubertsiuzdak/snac_24khz)",
-        builds="MultiScaleAudioCodec", tags=("audio-tokenizer",), build=_snac),
+        builds="MultiScaleAudioCodec", tags=("audio-tokenizer",), build=_one_file("tokenizers_audio.snac_weights", "multiscale_codec_from_snac")),
     "titok": Source(
         title="TiTok, a 1D image tokenizer (Yu et al., 2024)",
         layout="the 1d-tokenizer hub folder (config.json + weights, e.g. yucornetto/tokenizer_titok_l32_imagenet)",
-        builds="TiTokTokenizer", tags=("image-tokenizer",), build=_titok),
+        builds="TiTokTokenizer", tags=("image-tokenizer",), build=_one_file("tokenizers_visual.titok_weights", "tokenizer_from_titok")),
     "llamagen": Source(
         title="LlamaGen (Sun et al., 2024), class-conditional",
         layout="a folder with the GPT checkpoint (c2i_*.pt) and the VQ checkpoint (vq_ds16_c2i.pt), optional config.json",
