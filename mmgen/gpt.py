@@ -449,7 +449,7 @@ class GPT(PretrainedModel):
             mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
         if attention_mask is not None:
             mask = _check_mask_override(attention_mask, B, T, start).to(inputs_embeds.device)[:, None]
-        positions = torch.arange(start, start + T, device=inputs_embeds.device)
+        positions = torch.arange(start, start + T, device=inputs_embeds.device) if self.position_embeddings is not None else None
         x, cos, sin = self._placed(inputs_embeds, coords, positions)
         for block in self.layers:
             x = block(x, cos, sin, mask, start_pos, condition)
@@ -495,8 +495,11 @@ class GPT(PretrainedModel):
         return step(x_R1D, coords, mask, index, condition)
 
     def _placed(self, x_BTD: torch.Tensor, coords_BTC: torch.Tensor,
-                positions_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Inputs with the learned position and level embeddings added, and the rotary ``(cos, sin)`` (None without RoPE)."""
+                positions_T: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Inputs with the learned position and level embeddings added, and the rotary ``(cos, sin)`` (None without RoPE).
+
+        ``positions_T``: the sequence positions, needed (and given) only with ``absolute_positions``.
+        """
         if self.position_embeddings is not None:
             x_BTD = x_BTD + self.position_embeddings(positions_T).to(x_BTD.dtype)
         if self.level_embeddings is not None:
