@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 __all__ = ["ConvertedGenerator", "Rule", "WeightsMismatchError", "assign_weights", "check_model_type", "count_levels", "fold_weight_norm",
-           "kernel1_as_linear", "rename_weights"]
+           "kernel1_as_linear", "modern_weight_norm_names", "rename_weights"]
 
 
 class ConvertedGenerator(nn.Module):
@@ -151,17 +151,38 @@ def check_model_type(config: Mapping[str, object], expected: str, *, source: str
         raise ValueError(f"config.json describes a {found!r} model, not a {source} one (model_type {expected!r})")
 
 
+# weight norm's magnitude (g) and direction (v): the old attribute names, then today's parametrisation's
+_WEIGHT_NORM_OLD = {".weight_g": "g", ".weight_v": "v"}
+_WEIGHT_NORM_NEW = {".parametrizations.weight.original0": "g", ".parametrizations.weight.original1": "v"}
+
+
+def _weight_norm_part(key: str) -> tuple[str, str] | None:
+    """``(stem, "g" | "v")`` of a weight-norm key in either naming, else None."""
+    for suffix, part in {**_WEIGHT_NORM_OLD, **_WEIGHT_NORM_NEW}.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], part
+    return None
+
+
+def modern_weight_norm_names(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors with weight norm's parts under today's parametrisation names (older files say weight_g / weight_v)."""
+    new_suffix = {part: suffix for suffix, part in _WEIGHT_NORM_NEW.items()}
+    out = {}
+    for key, tensor in weights.items():
+        found = _weight_norm_part(key)
+        out[key if found is None else found[0] + new_suffix[found[1]]] = tensor
+    return out
+
+
 def fold_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Plain ``weight`` tensors from weight norm's magnitude and direction (either naming)."""
-    parts = {".weight_g": "g", ".weight_v": "v", ".parametrizations.weight.original0": "g",
-             ".parametrizations.weight.original1": "v"}
     out, pairs = {}, {}
     for key, tensor in weights.items():
-        suffix = next((s for s in parts if key.endswith(s)), None)
-        if suffix is None:
+        found = _weight_norm_part(key)
+        if found is None:
             out[key] = tensor
         else:
-            pairs.setdefault(key[: -len(suffix)], {})[parts[suffix]] = tensor
+            pairs.setdefault(found[0], {})[found[1]] = tensor
     for stem, pair in pairs.items():
         if set(pair) != {"g", "v"}:
             raise ValueError(f"weight norm of {stem} is half there: the file holds only its {'magnitude' if 'g' in pair else 'direction'}")

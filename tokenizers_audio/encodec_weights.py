@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mmgen.weight_maps import Rule, assign_weights, check_model_type, count_levels
+from mmgen.weight_maps import Rule, assign_weights, check_model_type, count_levels, modern_weight_norm_names
 
 from .rvq import RVQAudioCodec, RVQAudioConfig
 
@@ -46,18 +46,6 @@ ENCODEC_RULES = [
     Rule("quantizer.layers.{k}.codebook.cluster_size", "quantizer.layers.{k}._codebook.cluster_size", _codebook_tensor),
     Rule("quantizer.layers.{k}.codebook.inited", "quantizer.layers.{k}._codebook.initted", lambda t: t.reshape(()).bool()),
 ]
-
-
-def _modern_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Older files name weight norm's parts ``weight_g`` / ``weight_v``; today's parametrisation calls them original0/1."""
-    names = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
-    out = {}
-    for key, tensor in weights.items():
-        for old, new in names.items():
-            if key.endswith(old):
-                key = key[: -len(old)] + new
-        out[key] = tensor
-    return out
 
 
 def encodec_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -> RVQAudioConfig:
@@ -88,7 +76,7 @@ def encodec_config(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor
 
 def rvq_codec_from_encodec(weights: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> RVQAudioCodec:
     """An :class:`RVQAudioCodec` computing what the EnCodec of ``config`` and ``weights`` computes (float32, eval mode)."""
-    weights = _modern_weight_norm(weights)
+    weights = modern_weight_norm_names(weights)
     codec = RVQAudioCodec(encodec_config(config, weights))
     assign_weights(codec, weights, ENCODEC_RULES, source="EnCodec")
     return codec.eval()
