@@ -29,7 +29,7 @@ import torch
 
 from mmgen.weight_maps import Rule, assign_weights, count_levels
 
-from .published import published_args, weight_shape
+from .published import fresh_usage_state, published_args, weight_shape
 from .vq import VQConfig, VQImageTokenizer
 
 __all__ = ["LLAMAGEN_VQ_DEFAULTS", "llamagen_vq_config", "llamagen_vq_rules", "vq_tokenizer_from_llamagen"]
@@ -111,10 +111,6 @@ def vq_tokenizer_from_llamagen(weights: Mapping[str, torch.Tensor], config: Mapp
     ``ModelArgs`` fields; missing fields are inferred or defaulted as the module docstring says.
     """
     tokenizer = VQImageTokenizer(llamagen_vq_config(config, weights))
-    quantizer = tokenizer.quantizer
-    # the codebook arrives trained: every code counts as live, so training does not restart them all at once
-    fresh = {"quantizer.usage_ema": torch.zeros_like(quantizer.usage_ema),
-             "quantizer.steps_unused": torch.zeros_like(quantizer.steps_unused)}
     assign_weights(tokenizer, weights, llamagen_vq_rules(len(tokenizer.cfg.channel_mult)), source=SOURCE,
-                   ignored=["quantize.codebook_used"], extra=fresh)
+                   ignored=["quantize.codebook_used"], extra=fresh_usage_state(tokenizer.quantizer))
     return tokenizer.eval()

@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
+from torch import nn
+
 from mmgen.weight_maps import WeightsMismatchError
 
-__all__ = ["published_args", "weight_shape"]
+__all__ = ["fresh_usage_state", "published_args", "weight_shape"]
 
 
 def published_args(config: Mapping[str, Any], defaults: Mapping[str, Any], *, owner: str, inferred: Sequence[str],
@@ -39,3 +41,11 @@ def weight_shape(weights: Mapping[str, torch.Tensor], key: str, *, field: str, s
     if key not in weights:
         raise WeightsMismatchError(f"the {source} weights hold no key {key!r}, which fixes {field}: give {field} in the config")
     return tuple(weights[key].shape)
+
+
+def fresh_usage_state(quantizer: nn.Module, *, prefix: str = "quantizer") -> dict[str, torch.Tensor]:
+    """Zeroed code-usage buffers of a converted tokenizer's ``quantizer`` (named under ``prefix``), for ``assign_weights``.
+
+    The codebook arrives trained: every code counts as live, so training does not restart them all at once.
+    """
+    return {f"{prefix}.{name}": torch.zeros_like(buffer) for name, buffer in quantizer.named_buffers()}

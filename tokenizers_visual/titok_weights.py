@@ -29,7 +29,7 @@ import torch
 
 from mmgen.weight_maps import Rule, assign_weights, count_levels
 
-from .published import published_args, weight_shape
+from .published import fresh_usage_state, published_args, weight_shape
 from .titok import TiTokConfig, TiTokTokenizer
 
 __all__ = ["TITOK_DEFAULTS", "TITOK_SIZES", "titok_config", "titok_rules", "tokenizer_from_titok"]
@@ -165,9 +165,5 @@ def tokenizer_from_titok(weights: Mapping[str, torch.Tensor], config: Mapping[st
     docstring says.
     """
     tokenizer = TiTokTokenizer(titok_config(config, weights))
-    quantizer = tokenizer.quantizer
-    # the codebook arrives trained: every code counts as live, so training does not restart them all at once
-    fresh = {"quantizer.usage_ema": torch.zeros_like(quantizer.usage_ema),
-             "quantizer.steps_unused": torch.zeros_like(quantizer.steps_unused)}
-    assign_weights(tokenizer, weights, titok_rules(), source=SOURCE, extra=fresh)
+    assign_weights(tokenizer, weights, titok_rules(), source=SOURCE, extra=fresh_usage_state(tokenizer.quantizer))
     return tokenizer.eval()

@@ -40,7 +40,7 @@ from mmgen.weight_maps import Rule, assign_weights, count_levels
 
 from .ldm_conv import AttnBlock
 from .multiscale_vq import MultiScaleVQConfig, MultiScaleVQTokenizer
-from .published import published_args, weight_shape
+from .published import fresh_usage_state, published_args, weight_shape
 
 __all__ = ["VAR_VQVAE_DEFAULTS", "multiscale_vq_from_var", "var_vqvae_config", "var_vqvae_rules"]
 
@@ -172,8 +172,6 @@ def multiscale_vq_from_var(weights: Mapping[str, torch.Tensor], config: Mapping[
     known; missing fields are inferred or defaulted as the module docstring says.
     """
     tokenizer = MultiScaleVQTokenizer(var_vqvae_config(config, weights))
-    quantizer = tokenizer.quantizer
-    fresh = {f"quantizer.{name}": torch.zeros_like(buffer) for name, buffer in quantizer.named_buffers()}
     assign_weights(_FusedQKVState(tokenizer), weights, var_vqvae_rules(tokenizer.cfg.share_quant_resi), source=SOURCE,
-                   ignored=["quantize.ema_vocab_hit_SV"], extra=fresh)
+                   ignored=["quantize.ema_vocab_hit_SV"], extra=fresh_usage_state(tokenizer.quantizer))
     return tokenizer.eval()
