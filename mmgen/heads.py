@@ -328,13 +328,19 @@ class CategoricalHead(_DiscreteHead):
 # ---- depth transformer -------------------------------------------------------------------------------
 @dataclass
 class DepthHeadConfig:
-    """A :class:`DepthHead`: hidden states of size ``dim`` in, a ``depth``-layer transformer of ``width`` over the codebooks."""
+    """A :class:`DepthHead`: hidden states of size ``dim`` in, a ``depth``-layer transformer of ``width`` over the codebooks.
+
+    ``tied``: one code table and one output projection serve every step, told apart by the step embeddings —
+    for entries that share one vocabulary (the ids of a video frame's positions), where separate tables
+    would each see a D-th of the data; RVQ levels are different codebooks and keep their own (the default).
+    """
 
     dim: int
     codebook_sizes: list[int]
     width: int = 128
     depth: int = 2
     n_heads: int = 4
+    tied: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "width", "depth", "n_heads"):
@@ -342,6 +348,10 @@ class DepthHeadConfig:
         self.codebook_sizes = _codebook_list(self.codebook_sizes)
         if self.width % self.n_heads:
             raise ValueError(f"width={self.width} must be divisible by n_heads={self.n_heads}")
+        if not isinstance(self.tied, bool):
+            raise TypeError(f"tied must be a bool, got {self.tied!r}")
+        if self.tied and len(set(self.codebook_sizes)) != 1:
+            raise ValueError(f"tied=True needs codebooks of one size (one shared table), got codebook_sizes={self.codebook_sizes}")
 
 
 class DepthHead(_DiscreteHead):
@@ -362,14 +372,15 @@ class DepthHead(_DiscreteHead):
         W = cfg.width
         self.input_proj = nn.Linear(cfg.dim, W)
         self.step_embedding = nn.Parameter(torch.empty(len(cfg.codebook_sizes), W))
-        self.code_embeddings = nn.ModuleList(nn.Embedding(v, W) for v in cfg.codebook_sizes[:-1])
+        tables = cfg.codebook_sizes[:1] if cfg.tied else cfg.codebook_sizes
+        self.code_embeddings = nn.ModuleList(nn.Embedding(v, W) for v in (tables if cfg.tied else tables[:-1]))
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(W, cfg.n_heads, dim_feedforward=4 * W, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(W)
-        self.projections = nn.ModuleList(nn.Linear(W, v, bias=False) for v in cfg.codebook_sizes)
+        self.projections = nn.ModuleList(nn.Linear(W, v, bias=False) for v in tables)
         nn.init.normal_(self.step_embedding, std=DEPTH_INIT_STD)
         for table in self.code_embeddings:
             nn.init.normal_(table.weight, std=DEPTH_INIT_STD)
@@ -390,7 +401,7 @@ class DepthHead(_DiscreteHead):
         ids_ND = ids_BLD.reshape(B * L, D)
         steps = [self._step_input(start_NW, d, ids_ND[:, d - 1] if d else None) for d in range(D)]
         out_NDW = self._transformer(torch.stack(steps, dim=1))
-        return [projection(out_NDW[:, d]).view(B, L, -1) for d, projection in enumerate(self.projections)]
+        return [self._projection(d)(out_NDW[:, d]).view(B, L, -1) for d in range(D)]
 
     def sample(self, hidden_RnD: torch.Tensor, *, sampling: SamplingConfig, guidance_scale: float,
                seeds_Bn: torch.Tensor) -> torch.Tensor:
@@ -401,11 +412,11 @@ class DepthHead(_DiscreteHead):
         R, n, _ = rows.shape
         start_NW = self._start(rows.reshape(R * n, -1))
         steps, codes = [], []
-        for d, projection in enumerate(self.projections):
+        for d in range(self.num_codebooks):
             previous_N = codes[-1].reshape(-1).repeat(R // B) if d else None  # uncond rows follow the cond codes
             steps.append(self._step_input(start_NW, d, previous_N))
             out_NW = self._transformer(torch.stack(steps, dim=1))[:, -1]
-            codes.append(self._draw_codebook(projection(out_NW).view(R, n, -1), d=d, B=B, guided=guided,
+            codes.append(self._draw_codebook(self._projection(d)(out_NW).view(R, n, -1), d=d, B=B, guided=guided,
                                              sampling=sampling, guidance_scale=guidance_scale, seeds_Bn=seeds_Bn))
         return self._ids(codes)
 
@@ -415,7 +426,13 @@ class DepthHead(_DiscreteHead):
     def _step_input(self, start_NW: torch.Tensor, d: int, previous_N: torch.Tensor | None) -> torch.Tensor:
         """Input of step ``d``: the projected hidden state, the step's embedding and (d > 0) code d − 1's embedding."""
         x_NW = start_NW + self.step_embedding[d]
-        return x_NW if previous_N is None else x_NW + self.code_embeddings[d - 1](previous_N)
+        if previous_N is None:
+            return x_NW
+        return x_NW + self.code_embeddings[0 if self.cfg.tied else d - 1](previous_N)
+
+    def _projection(self, d: int) -> nn.Linear:
+        """The output projection of step ``d`` (the one shared projection when tied)."""
+        return self.projections[0 if self.cfg.tied else d]
 
     def _transformer(self, x_NTW: torch.Tensor) -> torch.Tensor:
         T = x_NTW.shape[1]

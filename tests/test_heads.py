@@ -44,9 +44,13 @@ def categorical(sizes: list[int] = SIZES) -> CategoricalHead:
     return head
 
 
-def depth(sizes: list[int] = SIZES) -> DepthHead:
+def depth(sizes: list[int] = SIZES, *, tied: bool = False) -> DepthHead:
     torch.manual_seed(0)
-    return DepthHead(DepthHeadConfig(dim=DIM, codebook_sizes=sizes, width=16, depth=1, n_heads=2))
+    return DepthHead(DepthHeadConfig(dim=DIM, codebook_sizes=sizes, width=16, depth=1, n_heads=2, tied=tied))
+
+
+def tied_depth(sizes: list[int]) -> DepthHead:
+    return depth(sizes, tied=True)
 
 
 def flow(*, perturb: bool = True) -> FlowHead:
@@ -133,8 +137,8 @@ def test_heads_declare_their_content():
 
 
 # ---- training ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make,sizes", [(categorical, [7]), (categorical, SIZES), (depth, SIZES)],
-                         ids=["categorical-1", "categorical-3", "depth-3"])
+@pytest.mark.parametrize("make,sizes", [(categorical, [7]), (categorical, SIZES), (depth, SIZES), (tied_depth, [6] * 4)],
+                         ids=["categorical-1", "categorical-3", "depth-3", "tied-depth-4"])
 def test_discrete_loss_falls_when_fitting_a_batch(make, sizes):
     head = make(sizes)
     losses = fit(head, hidden(), ids_for(sizes))
@@ -284,6 +288,21 @@ def test_greedy_depth_sample_is_the_argmax_of_its_teacher_forced_logits():
     other = (ids + 1) % torch.tensor(SIZES)
     moved = head.logits(h, torch.cat([other[..., :1], ids[..., 1:]], dim=-1))
     assert torch.equal(moved[0], logits[0]) and not torch.allclose(moved[1], logits[1])
+
+
+def test_a_tied_depth_head_shares_one_table_and_projection_across_its_steps():
+    """tied: the entries of one vocabulary (a video frame's ids) share the code table and the output projection."""
+    head = tied_depth([6] * 4)
+    assert len(head.code_embeddings) == len(head.projections) == 1
+    untied = depth([6] * 4)
+    assert len(untied.code_embeddings) == 3 and len(untied.projections) == 4
+    h = hidden()
+    with torch.no_grad():
+        ids = head.sample(h, sampling=greedy(), guidance_scale=1.0, seeds_Bn=seeds([0, 1]))
+        logits = head.logits(h, ids)
+    assert torch.equal(ids, torch.stack([l.argmax(-1) for l in logits], dim=-1))
+    with pytest.raises(ValueError, match=r"tied=True needs codebooks of one size .* got codebook_sizes=\[4, 6\]"):
+        DepthHeadConfig(dim=DIM, codebook_sizes=[4, 6], tied=True)
 
 
 def test_depth_guidance_runs_cond_and_uncond_rows_on_their_own_hidden_states():
