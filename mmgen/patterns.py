@@ -35,6 +35,7 @@ __all__ = [
     "Whole",
     "Scales",
     "Frames",
+    "FoldedFrames",
     "FlattenCodebooks",
     "DelayCodebooks",
     "InputCoordinates",
@@ -234,6 +235,43 @@ class Frames(_GridPattern):
 
 
 @dataclass(frozen=True)
+class FoldedFrames(_GridPattern):
+    """Video-like ``[B, T, *frame_shape, *rest]`` -> ``[B, T, prod(frame_shape), *rest]``: one position per frame.
+
+    A frame's positions become the entries of one sequence position, as the codebooks of an RVQ frame
+    are, so a :class:`~mmgen.heads.DepthHead` draws them one after another — the positions of a frame
+    agree with each other — while the GPT still takes one step per frame. Coordinates ``(t,)``.
+    """
+
+    num_frames: int
+    frame_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_positive("num_frames", self.num_frames)
+        object.__setattr__(self, "frame_shape", _as_shape("frame_shape", self.frame_shape))
+
+    @property
+    def _axes(self) -> tuple[int, ...]:
+        return (self.num_frames,)
+
+    @property
+    def _kept(self) -> tuple[int, ...]:
+        return self.frame_shape
+
+    def _arrange(self) -> tuple[None, torch.Tensor]:
+        return None, torch.arange(self.num_frames)
+
+    def to_sequence(self, native: torch.Tensor) -> torch.Tensor:
+        """``[B, T, *frame_shape, *rest]`` -> ``[B, T, prod(frame_shape), *rest]``."""
+        return super().to_sequence(native).flatten(2, 1 + len(self.frame_shape))
+
+    def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        """``[B, T, prod(frame_shape), *rest]`` -> ``[B, T, *frame_shape, *rest]``."""
+        _check_tensor("seq", seq, (self.num_frames, prod(self.frame_shape)))
+        return super().from_sequence(seq.unflatten(2, self.frame_shape))
+
+
+@dataclass(frozen=True)
 class _Codebooks:
     """Native ids ``[B, T, K, *rest]``: ``steps`` T (frames), ``codebooks`` K, time-major."""
 
@@ -328,37 +366,54 @@ class DelayCodebooks(_Codebooks, Pattern):
 
 @dataclass(frozen=True)
 class Scales(Pattern):
-    """A pyramid (next-scale): native is a list of ``[B, *(side,) * rank, *rest]``, one group per scale.
+    """A pyramid (next-scale): native is a list of ``[B, *scale_shape, *rest]``, one group per scale.
 
-    ``sides`` are strictly increasing (coarse to fine). Coordinates are ``(scale, centres...)`` with the cell centres measured on the finest grid, so a
-    location keeps (nearly) the same spatial coordinate at every scale (as :meth:`TokenLayout.scales`).
+    ``sides`` go coarse to fine: an int ``s`` is the cube ``(s,) * rank`` (images, 1D pyramids), a tuple of
+    ``rank`` ints a box (a space-time pyramid ``(t, h, w)``); no axis shrinks from one scale to the next and
+    every scale is larger than the one before. Coordinates are ``(scale, centres...)`` with the cell centres
+    measured on the finest grid, so a location keeps (nearly) the same coordinate at every scale (as
+    :meth:`TokenLayout.scales`).
     """
 
-    sides: tuple[int, ...]
+    sides: tuple[int | tuple[int, ...], ...]
     rank: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sides", _as_increasing("sides", self.sides))
         _check_positive("rank", self.rank)
+        if not isinstance(self.sides, Sequence) or isinstance(self.sides, str) or not self.sides:
+            raise ValueError(f"sides must name at least one axis, got {self.sides!r}")
+        if all(isinstance(side, int) for side in self.sides):
+            object.__setattr__(self, "sides", _as_increasing("sides", self.sides))
+            return
+        shapes = tuple(_as_shape(f"sides[{k}]", side, rank=self.rank) for k, side in enumerate(self.sides))
+        for k, (a, b) in enumerate(zip(shapes, shapes[1:]), start=1):
+            if any(y < x for x, y in zip(a, b)) or a == b:
+                raise ValueError(f"sides must grow coarse to fine (no axis shrinking), got {shapes[k - 1]} then {shapes[k]}")
+        object.__setattr__(self, "sides", shapes)
+
+    @cached_property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Each scale's grid shape."""
+        return tuple((side,) * self.rank if isinstance(side, int) else side for side in self.sides)
 
     def _coords_and_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
-        finest = max(self.sides)
+        finest = self.shapes[-1]
         coords, groups = [], []
-        for k, side in enumerate(self.sides):
-            centres = (torch.arange(side, dtype=torch.float32) + 0.5) * (finest / side) - 0.5
-            grids = torch.meshgrid(*[centres] * self.rank, indexing="ij")
+        for k, shape in enumerate(self.shapes):
+            centres = [(torch.arange(n, dtype=torch.float32) + 0.5) * (f / n) - 0.5 for n, f in zip(shape, finest)]
+            grids = torch.meshgrid(*centres, indexing="ij")
             coords.append(torch.stack([torch.full_like(grids[0], k), *grids], dim=-1).reshape(-1, self.rank + 1))
-            groups.append(torch.full((side**self.rank,), k, dtype=torch.long))
+            groups.append(torch.full((prod(shape),), k, dtype=torch.long))
         return torch.cat(coords), torch.cat(groups)
 
     def to_sequence(self, native: Sequence[torch.Tensor]) -> torch.Tensor:
-        """A list of ``[B, *(side,) * rank, *rest]`` in the order of ``sides`` -> ``[B, L, *rest]``."""
+        """A list of ``[B, *scale_shape, *rest]`` in the order of ``sides`` -> ``[B, L, *rest]``."""
         if not isinstance(native, (list, tuple)):
             raise TypeError(f"native must be a list of tensors (one per scale), got {type(native).__name__}")
-        if len(native) != len(self.sides):
-            raise ValueError(f"native must hold {len(self.sides)} tensors (one per scale), got {len(native)}")
-        for k, (x, side) in enumerate(zip(native, self.sides)):
-            _check_tensor(f"native[{k}]", x, (side,) * self.rank)
+        if len(native) != len(self.shapes):
+            raise ValueError(f"native must hold {len(self.shapes)} tensors (one per scale), got {len(native)}")
+        for k, (x, shape) in enumerate(zip(native, self.shapes)):
+            _check_tensor(f"native[{k}]", x, shape)
             first = native[0].shape
             if (x.shape[0], x.shape[1 + self.rank:]) != (first[0], first[1 + self.rank:]):
                 raise ValueError(f"native[{k}] {tuple(x.shape)} must share batch and trailing dims with native[0] {tuple(first)}")
@@ -368,7 +423,7 @@ class Scales(Pattern):
         """``[B, L, *rest]`` -> the list of per-scale tensors (views of ``seq``)."""
         _check_tensor("seq", seq, (self.num_positions,))
         parts = seq.split(self.group_sizes, dim=1)
-        return [part.unflatten(1, (side,) * self.rank) for part, side in zip(parts, self.sides)]
+        return [part.unflatten(1, shape) for part, shape in zip(parts, self.shapes)]
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ over random shapes, trailing dims and dtypes."""
 from __future__ import annotations
 
 import random
+from math import prod
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ import torch
 from mmgen.patterns import (
     Cells,
     DelayCodebooks,
-    Frames,
     FlattenCodebooks,
+    FoldedFrames,
+    Frames,
     ParallelCodebooks,
     Pattern,
     Raster,
@@ -142,6 +144,18 @@ def test_frames_groups_per_frame_or_per_position():
     assert_same_layout(Frames(3, (2, 2), per_frame=False).layout(), TokenLayout.grid((3, 2, 2)))
 
 
+def test_folded_frames_put_a_frame_in_one_position():
+    """A frame's positions become the entries of one position (raster order inside the frame), one group per frame."""
+    p = FoldedFrames(2, (2, 3))
+    assert p.layout().coords[0].tolist() == [[0], [1]] and p.group_sizes == (1, 1)
+    x = torch.arange(24).view(2, 2, 2, 3)
+    seq = p.to_sequence(x)
+    assert seq.shape == (2, 2, 6) and seq[1, 0].tolist() == list(range(12, 18))
+    assert torch.equal(p.from_sequence(seq), x)
+    with pytest.raises(ValueError, match=r"seq must have shape \[B, 2, 6"):
+        p.from_sequence(seq[..., :4])
+
+
 def test_flatten_codebooks_t_major():
     p = FlattenCodebooks(2, 3)
     native = torch.tensor([[[0, 1, 2], [10, 11, 12]]])
@@ -193,7 +207,7 @@ def test_patterns_are_values():
 # ---------------------------------------------------------------------------------------------
 def random_pattern(rng: random.Random) -> Pattern:
     side = lambda: rng.randint(1, 5)  # noqa: E731
-    kind = rng.choice(["raster", "cells", "subsample", "whole", "scales", "frames", "flatten", "delay", "parallel"])
+    kind = rng.choice(["raster", "cells", "subsample", "whole", "scales", "frames", "folded", "flatten", "delay", "parallel"])
     if kind == "raster":
         return Raster(tuple(side() for _ in range(rng.randint(1, 3))))
     if kind == "cells":
@@ -208,6 +222,8 @@ def random_pattern(rng: random.Random) -> Pattern:
         return Scales(sorted({side() for _ in range(rng.randint(1, 4))}), rng.randint(1, 3))
     if kind == "frames":
         return Frames(side(), tuple(side() for _ in range(rng.randint(1, 2))), per_frame=rng.random() < 0.5)
+    if kind == "folded":
+        return FoldedFrames(side(), tuple(side() for _ in range(rng.randint(1, 2))))
     if kind == "flatten":
         return FlattenCodebooks(side(), side())
     if kind == "delay":
@@ -227,7 +243,7 @@ def random_native(p: Pattern, batch: int, rest: tuple[int, ...], dtype: torch.dt
 
 def native_dims(p: Pattern) -> tuple[int, ...]:
     """The per-sample native dims before any trailing ones (all patterns but Scales)."""
-    if isinstance(p, Frames):
+    if isinstance(p, (Frames, FoldedFrames)):
         return (p.num_frames, *p.frame_shape)
     if isinstance(p, (FlattenCodebooks, DelayCodebooks, ParallelCodebooks)):
         return (p.steps, p.codebooks)
@@ -236,6 +252,8 @@ def native_dims(p: Pattern) -> tuple[int, ...]:
 
 def sequence_dims(p: Pattern) -> tuple[int, ...]:
     """``(L, *kept)``: the per-sample sequence dims before any trailing ones."""
+    if isinstance(p, FoldedFrames):
+        return (p.num_positions, prod(p.frame_shape))
     return (p.num_positions, p.codebooks) if isinstance(p, (DelayCodebooks, ParallelCodebooks)) else (p.num_positions,)
 
 
@@ -289,7 +307,7 @@ def test_coords_say_where_each_sequence_position_came_from():
         if isinstance(p, Scales):
             coords = p.layout().coords[0].split(p.group_sizes)
             native = [c.view(1, *(s,) * p.rank, p.rank + 1) for c, s in zip(coords, p.sides)]
-        elif isinstance(p, (DelayCodebooks, ParallelCodebooks)):
+        elif isinstance(p, (DelayCodebooks, ParallelCodebooks, FoldedFrames)):
             continue
         else:
             native = raster_index(native_dims(p))
@@ -299,7 +317,7 @@ def test_coords_say_where_each_sequence_position_came_from():
 
 def test_tensors_stay_on_their_device():
     patterns = [Raster((2, 3)), Cells((4, 4), 2), Subsample((4, 4), 2), Whole((2, 2)), Frames(2, (2,)),
-                FlattenCodebooks(3, 2), DelayCodebooks(3, 2, empty_id=4), ParallelCodebooks(3, 2), Scales([1, 2])]
+                FoldedFrames(2, (2, 3)), FlattenCodebooks(3, 2), DelayCodebooks(3, 2, empty_id=4), ParallelCodebooks(3, 2), Scales([1, 2])]
     for p in patterns:
         native = random_native(p, 2, (5,), torch.float32)
         native = [x.to("meta") for x in native] if isinstance(native, list) else native.to("meta")
@@ -326,6 +344,7 @@ def test_tensors_stay_on_their_device():
         (lambda: Scales([]), ValueError, "sides must name at least one axis"),
         (lambda: Scales([1, 2], 0), ValueError, "rank must be a positive int"),
         (lambda: Frames(0, (2, 2)), ValueError, "num_frames must be a positive int"),
+        (lambda: FoldedFrames(2, (2, 0)), ValueError, r"frame_shape\[1\] must be a positive int"),
         (lambda: FlattenCodebooks(2, 0), ValueError, "codebooks must be a positive int"),
         (lambda: ParallelCodebooks(0, 2), ValueError, "steps must be a positive int"),
         (lambda: DelayCodebooks(3, 2, empty_id=1.5), TypeError, "empty_id must be an int"),
