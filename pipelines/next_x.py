@@ -7,10 +7,14 @@ previous entity on group k's positions (group 0 holds the GPT's start embedding)
 - ``"cell"``: ``cell_size × cell_size`` blocks in raster order (:class:`mmgen.patterns.Cells`);
 - ``"subsample"``: s² strided sub-grids, s = ``cell_size`` (:class:`mmgen.patterns.Subsample`);
 - ``"scale"`` (continuous only): entity k is the latent grid area-downsampled to ``patch_nums[k]``
-  and group k's input is entity k − 1 upsampled (bilinear) to ``patch_nums[k]``;
+  and group k's input is entity k − 1 upsampled (bilinear) to ``patch_nums[k]``; over a ``(t, h, w)`` video
+  grid the scales are ``(t, h, w)`` boxes (a space-time pyramid, trilinear; default
+  :func:`default_space_time_scales`);
 - ``"image"``: one group, everything at once (:class:`mmgen.patterns.Whole`);
-- ``"frame"`` (a ``(t, h, w)`` video grid): one latent frame per group (:class:`mmgen.patterns.Frames`), the
-  KV cache kept across frames; a video grid also takes ``"token"`` and ``"image"``.
+- ``"frame"`` (a ``(t, h, w)`` video grid): one latent frame per group, the KV cache kept across frames;
+  latents are a frame's positions (:class:`mmgen.patterns.Frames`), ids one position whose codebooks are
+  the frame's ids (:class:`mmgen.patterns.FoldedFrames`), so a depth head draws them jointly; a video
+  grid also takes ``"token"`` and ``"image"``.
 
 The head decides what a position is: a flow head draws continuous latents (xAR), trained with
 noisy-context learning — every context entity noised by the head to its own level t per sample,
@@ -21,6 +25,8 @@ parallel, with clean teacher forcing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import math
+from math import prod
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,25 +35,25 @@ import torch.nn.functional as F
 from mmgen.conditioning import Conditioner
 from mmgen.gpt import GPT
 from mmgen.heads import Head
-from mmgen.patterns import Cells, Frames, Raster, Scales, Subsample, Whole
+from mmgen.patterns import Cells, FoldedFrames, Frames, Raster, Scales, Subsample, Whole
 from mmgen.programs import PreviousGroupInputs, ResampledPreviousInputs
 from mmgen.protocol import check_tokenizer
 from mmgen.sampling import GuidanceSchedule, SamplingConfig
-from mmgen.tokens import ContinuousContent
+from mmgen.tokens import ContinuousContent, DiscreteContent
 
 from .base import ARPipeline, SequencePlan, sampling_options
 
-__all__ = ["NextXPipeline", "ENTITIES", "default_patch_nums"]
+__all__ = ["NextXPipeline", "ENTITIES", "default_patch_nums", "default_space_time_scales"]
 
 
 @dataclass(frozen=True)
 class EntityPlan(SequencePlan):
     """A :class:`SequencePlan` plus the sides of the scale entity's pyramid (None for the other entities)."""
 
-    patch_nums: list[int] | None = None
+    patch_nums: list[int] | list[list[int]] | None = None
 
 ENTITIES = ("token", "cell", "subsample", "scale", "image", "frame")
-UPSAMPLE_MODE = "bilinear"
+UPSAMPLE_MODES = {2: "bilinear", 3: "trilinear"}
 
 
 class NextXPipeline(ARPipeline):
@@ -58,7 +64,7 @@ class NextXPipeline(ARPipeline):
     """
 
     def __init__(self, gpt: GPT, tokenizer: Any, head: Head, conditioner: Conditioner,
-                 entity: str = "cell", cell_size: int = 2, patch_nums: list[int] | None = None,
+                 entity: str = "cell", cell_size: int = 2, patch_nums: list[int] | list[list[int]] | None = None,
                  num_flow_steps: int = 16, class_names: list[str] | None = None,
                  null_condition_trained: bool = False) -> None:
         super().__init__()
@@ -75,12 +81,16 @@ class NextXPipeline(ARPipeline):
             raise ValueError(f"entity must be one of {ENTITIES}, got {entity!r}")
         _check_positive_int("cell_size", cell_size)
         rank, content = len(spec.shape), spec.content
+        if rank == 3 and entity == "scale":
+            return _space_time_plan(spec.shape, content, patch_nums)
         if entity == "frame" or rank == 3:
             if rank != 3 or entity not in ("frame", "token", "image"):
-                raise ValueError(f"a (t, h, w) token grid (video) takes entity 'frame', 'token' or 'image'; got entity={entity!r} "
-                                 f"with the tokenizer's tokens {spec.scales or spec.shape}")
+                raise ValueError(f"a (t, h, w) token grid (video) takes entity 'frame', 'token', 'image' or 'scale'; got "
+                                 f"entity={entity!r} with the tokenizer's tokens {spec.scales or spec.shape}")
             if patch_nums is not None:
                 raise ValueError(f"patch_nums is for entity='scale', got it with entity={entity!r}")
+            if entity == "frame" and isinstance(content, DiscreteContent):
+                return _folded_frames(spec.shape, content)
             pattern = {"frame": lambda: Frames(spec.shape[0], spec.shape[1:]), "token": lambda: Raster(spec.shape),
                        "image": lambda: Whole(spec.shape)}[entity]()
             return EntityPlan(pattern, content)
@@ -121,9 +131,10 @@ class NextXPipeline(ARPipeline):
     def to_sequence(self, positions: torch.Tensor) -> torch.Tensor:
         if self.config.entity != "scale":
             return super().to_sequence(positions)
-        grid_BChw = positions.permute(0, 3, 1, 2)
-        pyramid = [F.interpolate(grid_BChw, size=(pn, pn), mode="area").permute(0, 2, 3, 1) for pn in self.config.patch_nums]
-        return self.pattern().to_sequence(pyramid)
+        pattern = self.pattern()
+        grid_BC_ = positions.movedim(-1, 1)
+        pyramid = [F.interpolate(grid_BC_, size=shape, mode="area").movedim(1, -1) for shape in pattern.shapes]
+        return pattern.to_sequence(pyramid)
 
     def from_sequence(self, seq: torch.Tensor, **options: Any) -> torch.Tensor:
         if self.config.entity != "scale":
@@ -131,11 +142,11 @@ class NextXPipeline(ARPipeline):
         return self.pattern().from_sequence(seq)[-1]
 
     def _upsample(self, tokens_BnC: torch.Tensor, group: int) -> torch.Tensor:
-        """Entity ``group − 1`` (a ``pn × pn`` grid in rows) bilinearly upsampled to group ``group``'s side, as rows."""
-        sides = self.config.patch_nums
+        """Entity ``group − 1`` (a grid in rows) upsampled (bi- or trilinear) to group ``group``'s grid, as rows."""
+        shapes = self.pattern().shapes
         B, n, C = tokens_BnC.shape
-        grid = tokens_BnC.transpose(1, 2).reshape(B, C, sides[group - 1], sides[group - 1])
-        up = F.interpolate(grid, size=(sides[group], sides[group]), mode=UPSAMPLE_MODE, align_corners=False)
+        grid = tokens_BnC.transpose(1, 2).reshape(B, C, *shapes[group - 1])
+        up = F.interpolate(grid, size=shapes[group], mode=UPSAMPLE_MODES[len(shapes[group])], align_corners=False)
         return up.flatten(2).transpose(1, 2)
 
     # ---- call --------------------------------------------------------------------------------------
@@ -180,6 +191,55 @@ class NextXPipeline(ARPipeline):
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _folded_frames(shape: tuple[int, ...], content: DiscreteContent) -> EntityPlan:
+    """A discrete video grid frame by frame: a frame's ids are the codebooks of one position (:class:`FoldedFrames`)."""
+    if content.num_codebooks != 1:
+        raise ValueError(f"entity='frame' over ids needs one codebook per grid position, the tokenizer has {content.codebook_sizes}")
+    frame_shape = tuple(shape[1:])
+    folded = DiscreteContent(content.codebook_sizes * prod(frame_shape))
+    return EntityPlan(FoldedFrames(shape[0], frame_shape), folded)
+
+
+def _space_time_plan(shape: tuple[int, ...], content: Any, patch_nums: Sequence[Sequence[int]] | None) -> EntityPlan:
+    """A ``(t, h, w)`` latent grid as a space-time pyramid of pooled grids (next-scale over video)."""
+    if isinstance(content, DiscreteContent):
+        raise ValueError("entity='scale' needs continuous latents (and a FlowHead); a grid of ids has no coarse scales")
+    if patch_nums is None:
+        if shape[1] != shape[2]:
+            raise ValueError(f"the default space-time pyramid needs square latent frames, got {shape}; pass patch_nums")
+        scales = default_space_time_scales(shape)
+    else:
+        scales = _check_space_time_scales(patch_nums, tuple(shape))
+    return EntityPlan(Scales(tuple(tuple(s) for s in scales), rank=3), content, patch_nums=[list(s) for s in scales])
+
+
+def default_space_time_scales(shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Frame sides halving down to 1 (as :func:`default_patch_nums`), the frame count shrinking in proportion.
+
+    ``(3, 4, 4)`` → ``[(1, 1, 1), (2, 2, 2), (3, 4, 4)]``.
+    """
+    t, side = shape[0], shape[1]
+    return [(max(1, math.ceil(t * s / side)), s, s) for s in default_patch_nums(side)]
+
+
+def _check_space_time_scales(patch_nums: Sequence[Sequence[int]], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    if isinstance(patch_nums, (str, bytes)) or not isinstance(patch_nums, Sequence) or not patch_nums:
+        raise ValueError(f"patch_nums of a (t, h, w) grid must be a list of (t, h, w) scales, got {patch_nums!r}")
+    scales = []
+    for entry in patch_nums:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
+            raise ValueError(f"patch_nums of a (t, h, w) grid must be a list of (t, h, w) scales, got the entry {entry!r}")
+        for n in entry:
+            _check_positive_int("patch_nums entries", n)
+        scales.append(tuple(entry))
+    if scales[-1] != shape:
+        raise ValueError(f"patch_nums must end at the latent grid {shape}, got {scales[-1]}")
+    for a, b in zip(scales, scales[1:]):
+        if any(y < x for x, y in zip(a, b)) or a == b:
+            raise ValueError(f"patch_nums must grow coarse to fine with no axis shrinking, got {a} then {b}")
+    return scales
 
 
 def default_patch_nums(side: int) -> list[int]:
