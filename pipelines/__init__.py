@@ -21,7 +21,7 @@ if TYPE_CHECKING:
         tones_adherence,
         tones_continuation,
     )
-    from .long_video import generate_long_video
+    from .long_video import first_frame_prefill, generate_long_video, starts_with_the_first_frame
     from .next_scale import NextScalePipeline
     from .next_token import NextTokenPipeline
     from .next_x import NextXPipeline
@@ -31,7 +31,7 @@ __getattr__, __dir__ = attach(__name__, {
     "base": ("ARPipeline",),
     "evaluate": ("generation_quality", "shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence",
                  "moving_shapes_image_to_video", "moving_shapes_long_video", "primitives_adherence"),
-    "long_video": ("generate_long_video",),
+    "long_video": ("generate_long_video", "first_frame_prefill", "starts_with_the_first_frame"),
     "next_scale": ("NextScalePipeline",),
     "next_token": ("NextTokenPipeline",),
     "next_x": ("NextXPipeline",),
@@ -41,4 +41,5 @@ __getattr__, __dir__ = attach(__name__, {
 __all__ = ["ARPipeline", "ARImagePipelineOutput", "ARAudioPipelineOutput", "ARVideoPipelineOutput", "ARShapePipelineOutput",
            "NextTokenPipeline", "NextScalePipeline", "NextXPipeline", "generation_quality", "shapes_adherence",
            "tones_adherence", "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video",
-           "moving_shapes_long_video", "primitives_adherence", "generate_long_video"]
+           "moving_shapes_long_video", "primitives_adherence", "generate_long_video", "first_frame_prefill",
+           "starts_with_the_first_frame"]

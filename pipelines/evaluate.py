@@ -14,7 +14,6 @@ network's), and the spread of the attributes a class leaves free (position and s
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,7 +53,7 @@ from mmgen.metrics import (
 )
 
 from .base import ARPipeline
-from .long_video import generate_long_video
+from .long_video import first_frame_prefill, generate_long_video
 
 __all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "moving_shapes_adherence", "moving_shapes_image_to_video",
            "moving_shapes_long_video", "primitives_adherence", "class_samples", "generation_quality", "FREE_ATTRIBUTES"]
@@ -173,12 +172,10 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
     clips = MovingShapesDataset(size=pipe.tokenizer.cfg.image_size, num_frames=frames, length=NUM_VIDEO_CLASSES * clips_per_class,
                                 split="heldout", seed=seed)
     labels = [i % NUM_VIDEO_CLASSES for i in range(len(clips))]
-    first_frame_positions = math.prod(pipe.tokenizer.token_spec().shape[1:])
     samples = []
     for first in range(0, len(labels), batch_size):
         chunk = list(range(first, min(first + batch_size, len(labels))))
-        still = clips.batch(chunk)["video"][:, :1].expand(-1, frames, -1, -1, -1)
-        prefill = pipe.tokenize(still)[:, :first_frame_positions]
+        prefill = first_frame_prefill(pipe, clips.batch(chunk)["video"][:, 0])
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
         asked = _asked(pipe, [labels[i] for i in chunk], VIDEO_CAPTIONS) if conditioned else {"num_samples_per_prompt": len(chunk)}
         samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])

@@ -19,7 +19,7 @@ from mmgen.sampling import GuidanceSchedule
 
 from .base import ARPipeline
 
-__all__ = ["generate_long_video"]
+__all__ = ["generate_long_video", "first_frame_prefill", "starts_with_the_first_frame"]
 
 
 @torch.inference_mode()
@@ -41,13 +41,37 @@ def generate_long_video(pipe: ARPipeline, *, num_frames: int, prompt: str | Sequ
     clip_frames = pipe.tokenizer.num_frames_for(spec.shape[0])
     if clip_frames < 2:
         raise ValueError("generate_long_video needs clips of at least 2 frames to chain; this tokenizer's clips have 1")
-    first_frame_positions = spec.shape[1] * spec.shape[2]
     asked = {"prompt": prompt, "class_labels": class_labels, "num_samples_per_prompt": num_samples_per_prompt,
              "guidance_scale": guidance_scale, "generator": generator, "output_type": "pt", "return_dict": False, **call_kwargs}
     video = pipe(**asked)[0] * 2 - 1  # [B, T, 3, H, W]
     while video.shape[1] < num_frames:
-        still = video[:, -1:].expand(-1, clip_frames, -1, -1, -1)  # only frame 0 reaches the first latent frame
-        prefill = pipe.tokenize(still)[:, :first_frame_positions]
-        link = pipe(**asked, prefill=prefill)[0] * 2 - 1
+        link = pipe(**asked, prefill=first_frame_prefill(pipe, video[:, -1]))[0] * 2 - 1
         video = torch.cat([video, link[:, 1:]], dim=1)
     return video[:, :num_frames]
+
+
+def starts_with_the_first_frame(pipe: ARPipeline) -> bool:
+    """Whether the pipeline's first positions are exactly the first latent frame's, so a frame can prefill it.
+
+    True for frame-major orders (token by token, frame by frame); False for a space-time pyramid, whose first
+    scales pool every frame.
+    """
+    time_L = pipe.pattern().layout().coords[0, :, 0]
+    first = time_L.numel() // pipe.tokenizer.token_spec().shape[0]
+    return bool((time_L[:first] == 0).all()) and bool((time_L[first:] > 0).all())
+
+
+@torch.no_grad()
+def first_frame_prefill(pipe: ARPipeline, frames_B3HW: torch.Tensor) -> torch.Tensor:
+    """The ``prefill`` that starts a clip from ``frames_B3HW`` (in [-1, 1]): the sequence positions of the first latent frame.
+
+    The frame is held still for a clip's length and tokenized; the tokenizer is causal, so the first latent frame
+    reads that frame alone, whatever the pattern puts in one position (a frame's ids, or one id each).
+    """
+    if not starts_with_the_first_frame(pipe):
+        raise ValueError(f"first_frame_prefill needs a pattern that puts the first latent frame first; this pipeline's "
+                         f"{type(pipe.pattern()).__name__} order starts with positions that read later frames (a space-time pyramid does)")
+    num_latent_frames = pipe.tokenizer.token_spec().shape[0]
+    still = frames_B3HW[:, None].expand(-1, pipe.tokenizer.num_frames_for(num_latent_frames), -1, -1, -1)
+    seq = pipe.tokenize(still)
+    return seq[:, : seq.shape[1] // num_latent_frames]

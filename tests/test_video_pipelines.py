@@ -23,7 +23,8 @@ from mmgen.app.cli import main
 from mmgen.conditioning import ClassConditioner
 from mmgen.data import NUM_VIDEO_CLASSES, MovingShapesDataset, video_caption
 from mmgen.generation import teacher_hidden
-from pipelines import ARVideoPipelineOutput, NextTokenPipeline, NextXPipeline, generate_long_video, generation_quality
+from pipelines import (ARVideoPipelineOutput, NextTokenPipeline, NextXPipeline, first_frame_prefill, generate_long_video,
+                       generation_quality, starts_with_the_first_frame)
 from tokenizers_visual import CausalVideoConfig, CausalVideoTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,6 +45,12 @@ def _pipe(kind: str) -> NextTokenPipeline | NextXPipeline:
     conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_VIDEO_CLASSES))
     if kind == "next-token":
         pipe = NextTokenPipeline.from_tokenizer(_tokenizer("fsq"), conditioner=conditioner, gpt=GPT, class_names=NAMES)
+    elif kind == "next-frame-ids":
+        pipe = NextXPipeline.from_tokenizer(_tokenizer("fsq"), conditioner=conditioner, gpt=GPT, class_names=NAMES,
+                                            entity="frame", head={"class": "DepthHead", "width": 16, "depth": 1, "n_heads": 2})
+    elif kind == "next-scale":
+        pipe = NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, class_names=NAMES,
+                                            entity="scale", num_flow_steps=2, head={"width": 16, "depth": 1})
     else:
         pipe = NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, class_names=NAMES,
                                             entity="frame", num_flow_steps=2, head={"width": 16, "depth": 1})
@@ -55,7 +62,7 @@ def _clips(n: int) -> torch.Tensor:
     return MovingShapesDataset(size=SIZE, num_frames=FRAMES, length=n, seed=1).batch(range(n))["video"]
 
 
-@pytest.mark.parametrize("kind", ["next-token", "next-frame"])
+@pytest.mark.parametrize("kind", ["next-token", "next-frame", "next-frame-ids", "next-scale"])
 def test_each_paradigm_generates_clips_in_every_output_type(kind):
     pipe = _pipe(kind)
     prompts = ["a red square moving left", "a blue circle moving up"]
@@ -85,6 +92,58 @@ def test_frame_by_frame_is_one_step_per_latent_frame_and_next_token_one_per_posi
     assert len(steps) == 2 * 2 * 2
 
 
+def test_frame_by_frame_over_ids_draws_a_frame_as_the_codebooks_of_one_step():
+    """FSQ ids frame by frame: one GPT step per latent frame, the depth head drawing its 2x2 ids one after another."""
+    pipe = _pipe("next-frame-ids")
+    assert pipe.num_groups == 2 and pipe.head.content.codebook_sizes == (16,) * 4
+    steps = []
+    ids = pipe(class_labels=[3, 40], sampling=GREEDY, output_type="tokens",
+               callback_on_step_end=lambda p, i, t, kw: steps.append(kw["tokens"].shape) or {}).tokens
+    assert steps == [torch.Size([2, 1, 4])] * 2 and ids.shape == (2, 2, 2, 2)
+    seq = pipe.to_sequence(pipe.tokenizer.to_positions(ids))
+    assert torch.equal(seq[:, 1], ids[:, 1].flatten(1))  # a frame's ids in raster order are the position's codebooks
+    program = pipe.program()
+    with torch.inference_mode():
+        cond = pipe.conditioner.condition(class_labels=[3, 40], guided=False)
+        hidden = teacher_hidden(pipe.gpt, cond, program.teacher_inputs(seq), program.pattern.layout())
+        logits = pipe.head.logits(hidden, seq)  # teacher-forced on the drawn ids: each id is the argmax given those before it
+    assert torch.equal(torch.stack([lg.argmax(-1) for lg in logits], dim=-1), seq)
+
+
+def test_next_scale_over_a_space_time_pyramid_of_pooled_latents():
+    """entity='scale' on a (t, h, w) grid: (1, 1, 1) is the clip's mean latent, the last scale the latents themselves."""
+    pipe = _pipe("next-scale")
+    assert pipe.config.patch_nums == [[1, 1, 1], [2, 2, 2]] and pipe.num_groups == 2
+    latents = pipe.tokenizer.to_positions(pipe.tokenizer.encode(_clips(2)))  # [2, 2, 2, 2, C]
+    seq = pipe.to_sequence(latents)
+    assert seq.shape == (2, 1 + 8, latents.shape[-1])
+    assert torch.allclose(seq[:, 0], latents.mean(dim=(1, 2, 3)), atol=1e-6)
+    assert torch.equal(pipe.from_sequence(seq), latents)
+    steps = []
+    pipe(class_labels=[0], callback_on_step_end=lambda p, i, t, kw: steps.append(kw["tokens"].shape) or {})
+    assert steps == [torch.Size([1, 1, 4]), torch.Size([1, 8, 4])]  # one GPT step per scale
+    assert not starts_with_the_first_frame(pipe)  # every scale pools all frames: no first frame to prefill
+    with pytest.raises(ValueError, match="first_frame_prefill needs a pattern that puts the first latent frame first"):
+        generate_long_video(pipe, num_frames=12, class_labels=[0])
+
+
+@pytest.mark.parametrize(
+    "patch_nums,match",
+    [
+        ([[1, 1, 1], [2, 1, 1]], r"patch_nums must end at the latent grid \(2, 2, 2\)"),
+        ([[2, 1, 1], [1, 2, 2], [2, 2, 2]], r"no axis shrinking, got \(2, 1, 1\) then \(1, 2, 2\)"),
+        ([[1, 1], [2, 2, 2]], r"list of \(t, h, w\) scales, got the entry \[1, 1\]"),
+        ([1, 2], r"list of \(t, h, w\) scales, got the entry 1"),
+    ],
+)
+def test_space_time_scales_are_checked_by_name(patch_nums, match):
+    conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_VIDEO_CLASSES))
+    with pytest.raises(ValueError, match=match):
+        NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, entity="scale", patch_nums=patch_nums)
+    with pytest.raises(ValueError, match="entity='scale' needs continuous latents"):
+        NextXPipeline.from_tokenizer(_tokenizer("fsq"), conditioner=conditioner, gpt=GPT, entity="scale")
+
+
 def test_greedy_next_token_video_is_the_argmax_of_the_training_forward():
     pipe = _pipe("next-token")
     ids = pipe(class_labels=[3, 40], sampling=GREEDY, output_type="tokens").tokens
@@ -96,13 +155,13 @@ def test_greedy_next_token_video_is_the_argmax_of_the_training_forward():
         assert torch.equal(pipe.head.logits(hidden).argmax(-1).reshape(seq.shape), seq)
 
 
-@pytest.mark.parametrize("kind", ["next-token", "next-frame"])
+@pytest.mark.parametrize("kind", ["next-token", "next-frame", "next-frame-ids"])
 def test_image_to_video_keeps_the_given_first_frame(kind):
     """The tokenizer is causal: an image's tokens are a clip's first latent frame, so they prefill generation."""
     pipe = _pipe(kind)
     images = _clips(2)[:, 0]
-    h, w = pipe.tokenizer.token_spec().shape[1:]
-    first = pipe.tokenize(images[:, None].expand(-1, FRAMES, -1, -1, -1))[:, :h * w]  # a still clip; only frame 0 counts
+    assert starts_with_the_first_frame(pipe)
+    first = first_frame_prefill(pipe, images)  # the image held still for a clip; only frame 0 reaches the first latent frame
     alone = pipe.tokenizer.to_positions(pipe.tokenizer.encode(images))
     assert torch.allclose(first.float(), pipe.head.normalize_tokens(alone).reshape(first.shape).float(), atol=1e-5)
     out = pipe(num_samples_per_prompt=2, prefill=first, output_type="tokens", generator=torch.Generator().manual_seed(0))
@@ -114,7 +173,7 @@ def test_image_to_video_keeps_the_given_first_frame(kind):
             pipe(num_samples_per_prompt=2, prefill=first[:, :1], output_type="tokens")
 
 
-@pytest.mark.parametrize("kind", ["next-token", "next-frame"])
+@pytest.mark.parametrize("kind", ["next-token", "next-frame", "next-frame-ids"])
 def test_long_videos_chain_clips_through_their_last_frame(kind):
     pipe = _pipe(kind)
     pipe.register_to_config(null_condition_trained=True)  # guidance on every link, prefilled ones included
@@ -142,7 +201,7 @@ def test_image_to_video_evaluation_with_and_without_the_class():
 
 def test_a_video_grid_takes_frame_token_or_image_entities_only():
     conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_VIDEO_CLASSES))
-    with pytest.raises(ValueError, match="a \\(t, h, w\\) token grid \\(video\\) takes entity 'frame', 'token' or 'image'; got entity='cell'"):
+    with pytest.raises(ValueError, match="a \\(t, h, w\\) token grid \\(video\\) takes entity 'frame', 'token', 'image' or 'scale'; got entity='cell'"):
         NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, entity="cell")
     pipe = NextXPipeline.from_tokenizer(_tokenizer("kl"), conditioner=conditioner, gpt=GPT, entity="token", head={"width": 16, "depth": 1})
     assert pipe.num_groups == 2 * 2 * 2  # one latent position per step, in (t, h, w) raster order

@@ -313,9 +313,10 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
 
 
 def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any], *, out_dir: Path | None) -> dict[str, Any]:
-    """Moving shapes: adherence over every class; for pipelines that take a ``prefill``, image-to-video (held-out
+    """Moving shapes: adherence over every class; for pipelines that take a ``prefill`` of a first frame, image-to-video (held-out
     first frames given, no condition) and one video per class 4x the trained length (clips chained through their
     last frame). The first sample of each class as an animated GIF grid in ``out_dir``, the long videos too."""
+    from pipelines import starts_with_the_first_frame
     from pipelines.evaluate import moving_shapes_adherence, moving_shapes_image_to_video, moving_shapes_long_video
 
     ev = cfg.eval
@@ -323,7 +324,7 @@ def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any
     videos = result.pop("videos")
     if out_dir is not None:
         save_video_grid(videos[::ev.samples_per_class], Path(out_dir) / "samples.gif", rows=12)
-    if "prefill" in inspect.signature(pipe.__call__).parameters:
+    if "prefill" in inspect.signature(pipe.__call__).parameters and starts_with_the_first_frame(pipe):
         sampling = {name: value for name, value in kwargs.items() if name != "guidance_scale"}
         given = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed,
                                              **sampling)
