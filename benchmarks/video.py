@@ -5,12 +5,15 @@ weights (speed does not depend on them), one GPT size for all:
 
 - ``next-token``: one FSQ id per step over the (t, h, w) grid (48 forwards);
 - ``next-frame (flow)``: a whole continuous latent frame per step, flow head with ``--flow-steps`` Euler steps (3 forwards);
-- ``next-frame (ids)``: a whole frame of FSQ ids per step, drawn in parallel by a categorical head (3 forwards);
+- ``next-frame (ids, depth)``: a whole frame of FSQ ids per step, drawn one id after another by a depth head
+  (3 forwards of the GPT, 16 small depth steps each; the preset ``configs/moving_shapes/next-frame.yaml``);
+- ``next-frame (ids, categorical)``: the same frames with the 16 ids drawn in parallel by a categorical head;
+- ``next-scale (flow)``: a space-time pyramid of the continuous latents, 1x1x1, 1x2x2, 2x3x3, 3x4x4 (4 forwards,
+  71 tokens of which 48 are the clip's), flow head;
 - ``next-token (flow)``: one continuous latent position per step (48 forwards), the flow head's cost per token.
 
-Next-scale over a space-time pyramid is not in the package yet, so it has no row. Every paradigm runs in one
-process, alternating over ``--repeats`` rounds after a warm-up; the table gives medians, including the
-tokenizer's decode, and each paradigm's time relative to next-token.
+Every paradigm runs in one process, alternating over ``--repeats`` rounds after a warm-up; the table gives
+medians, including the tokenizer's decode, and each paradigm's time relative to next-token.
 
     python benchmarks/video.py [--batch-sizes 1 16] [--repeats 5] [--threads 1]
 """
@@ -27,11 +30,13 @@ import torch
 
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import NUM_VIDEO_CLASSES
+from mmgen.tokens import DiscreteContent
 from pipelines import ARPipeline, NextTokenPipeline, NextXPipeline
 from tokenizers_visual import CausalVideoConfig, CausalVideoTokenizer
 
 TOKENIZER = {"image_size": 32, "num_frames": 9, "spatial_downsample": 8, "temporal_downsample": 4, "channels": 32,
              "channel_mult": [1, 1, 2]}
+SPACE_TIME_SCALES = [[1, 1, 1], [1, 2, 2], [2, 3, 3], [3, 4, 4]]  # configs/moving_shapes/next-scale.yaml
 
 
 def build(args: argparse.Namespace) -> dict[str, ARPipeline]:
@@ -51,9 +56,20 @@ def build(args: argparse.Namespace) -> dict[str, ARPipeline]:
     return {
         "next-token": make(NextTokenPipeline, fsq),
         "next-frame (flow)": make(NextXPipeline, kl, entity="frame", num_flow_steps=args.flow_steps, head=flow),
-        "next-frame (ids)": make(NextXPipeline, fsq, entity="frame"),
+        "next-frame (ids, depth)": make(NextXPipeline, fsq, entity="frame",
+                                        head={"class": "DepthHead", "width": 128, "depth": 4, "n_heads": 4}),
+        "next-frame (ids, categorical)": make(NextXPipeline, fsq, entity="frame"),
+        "next-scale (flow)": make(NextXPipeline, kl, entity="scale", patch_nums=SPACE_TIME_SCALES,
+                                  num_flow_steps=args.flow_steps, head=flow),
         "next-token (flow)": make(NextXPipeline, kl, entity="token", num_flow_steps=args.flow_steps, head=flow),
     }
+
+
+def tokens_per_video(pipe: ARPipeline) -> int:
+    """Ids or latent positions a video is generated as (a frame of ids in one position counts each id)."""
+    content = pipe.head.content
+    per_position = content.num_codebooks if isinstance(content, DiscreteContent) else 1
+    return pipe.pattern().num_positions * per_position
 
 
 def forwards(pipe: ARPipeline) -> int:
@@ -96,8 +112,7 @@ def main() -> None:
         base = statistics.median(times["next-token"])
         for name, pipe in pipes.items():
             median = statistics.median(times[name])
-            spec = pipe.tokenizer.token_spec()
-            print(f"| {name} | {spec.num_positions} | {forwards(pipe)} | {batch} | {median:.3f} | {1000 * median / batch:.1f} | "
+            print(f"| {name} | {tokens_per_video(pipe)} | {forwards(pipe)} | {batch} | {median:.3f} | {1000 * median / batch:.1f} | "
                   f"{median / base:.2f}x |")
 
 
