@@ -8,6 +8,7 @@ The Ctrl-C test runs ``mmgen train`` as a subprocess on ``configs/shapes32/next-
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -84,9 +85,14 @@ def test_max_steps_stops_with_a_checkpoint_and_the_resume_matches_one_run(tokeni
     assert list_checkpoints(run / "checkpoints")[-1].name == "step-00000005" and not (run / "eval.json").exists()
     assert main(["train", str(config), "--resume", "latest", "--max-steps", "5"]) == 0  # already there: nothing trained
     assert sorted(losses(run)) == [1, 2, 3, 4, 5]
+    state_file = list_checkpoints(run / "checkpoints")[-1] / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert 0 < state["train_cpu_seconds"] and 0 < state["train_seconds"]  # the first segment's time travels with the checkpoint
+    state_file.write_text(json.dumps({**state, "train_seconds": 1000.0, "train_cpu_seconds": 900.0}))
     assert main(["train", str(config), "--resume", "latest"]) == 0
     assert losses(run) == losses(reference)
     assert report(run)["weights_sha256"] == report(reference)["weights_sha256"]
+    assert 1000 < report(run)["train_seconds"] < 1600 and 900 < report(run)["train_cpu_seconds"] < 1500  # both segments
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):

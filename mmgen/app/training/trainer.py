@@ -178,6 +178,8 @@ class Trainer:
             acc.register_for_checkpointing(self.ema)
         self.step = 0
         self.samples = 0  # trained on by this process since it started (not restored on resume)
+        self.time_before = {"train_seconds": 0.0, "train_cpu_seconds": 0.0}  # spent before a resume (from the checkpoint)
+        self._clock = (time.perf_counter(), time.process_time())
 
     # ---- data ----------------------------------------------------------------------------------------
     def _generator_tokens(self, data: Any) -> TokenSource:
@@ -230,7 +232,8 @@ class Trainer:
         self._open_outputs(resumed=resume is not None)
         stop_at = min(cfg.optim.steps, max_steps or cfg.optim.steps)
         meter = _Meter()
-        start, cpu_start, first_step = time.perf_counter(), time.process_time(), self.step
+        start, first_step = time.perf_counter(), self.step
+        self._clock = (start, time.process_time())
         self.objective.train()
         pin = acc.device.type == "cuda"
         bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=f"train {cfg.kind}", unit="step",
@@ -264,12 +267,18 @@ class Trainer:
                 if stop_reason != "max_steps":
                     raise TrainingInterrupted(signal_name=stop_reason, step=self.step, checkpoint=checkpoint)
                 return {"kind": cfg.kind, "steps": self.step, "stopped_at": self.step, "checkpoint": str(checkpoint)}
-        train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        spent = self.train_time()
         acc.wait_for_everyone()
-        report = self.finish(train_seconds=train_seconds, cpu_seconds=cpu_seconds)
+        report = self.finish(train_seconds=spent["train_seconds"], cpu_seconds=spent["train_cpu_seconds"])
         for tracker in acc.trackers:
             tracker.finish()
         return report
+
+    def train_time(self) -> dict[str, float]:
+        """Wall and CPU seconds of training so far, the segments before a resume included (saved in each checkpoint)."""
+        wall, cpu = self._clock
+        return {"train_seconds": self.time_before["train_seconds"] + time.perf_counter() - wall,
+                "train_cpu_seconds": self.time_before["train_cpu_seconds"] + time.process_time() - cpu}
 
     def _agreed_stop(self, received: str | None, *, at_max_steps: bool) -> str | None:
         """Why to stop after this step ("SIGINT", "SIGTERM", "max_steps") or None; every process agrees, so all
@@ -378,7 +387,8 @@ class Trainer:
     def finish(self, *, train_seconds: float, cpu_seconds: float) -> dict[str, Any]:
         """Evaluate (with EMA weights if kept), export the model with ``save_pretrained`` and write ``eval.json``.
 
-        The report names ``num_processes`` and, per process, the samples it trained on since it started (a
+        ``train_seconds`` / ``train_cpu_seconds`` cover every segment of a resumed run (steps lost to a kill after
+        the last checkpoint, and the evaluation, are not counted). The report names ``num_processes`` and, per process, the samples it trained on since it started (a
         resumed process counts from the resume) and the SHA-256 of its final weights: under data parallelism
         they must all be equal, so ``weights_in_sync`` checks the run.
         """
@@ -468,7 +478,7 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"step": self.step, "files": _manifest(tmp)}
+            state = {"step": self.step, **self.train_time(), "files": _manifest(tmp)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -491,6 +501,8 @@ class Trainer:
         except Exception as err:  # a checkpoint of another model or accelerate version: say which folder
             raise CheckpointError(f"could not restore the run from checkpoint {folder}: {err}") from err
         self.step = step
+        state = json.loads((folder / STATE_FILE).read_text())
+        self.time_before = {name: float(state.get(name, 0.0)) for name in self.time_before}  # older checkpoints: 0
 
 
 def resolve_checkpoint(checkpoint_dir: Path, which: str) -> Path:
