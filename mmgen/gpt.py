@@ -37,6 +37,9 @@ class GPTConfig:
 
     ``vocab_size``: the input tables of discrete tokens, an int or one per codebook; 0 for a model
     whose inputs are only continuous (``input_dim``) or learned (``start_token``).
+    ``codebook_embed_dim``: for many codebooks of one vocabulary whose ids mean the same thing in every
+    slot (a latent frame's ids folded into one position), one shared table of this width, the slots'
+    embeddings concatenated and projected to ``dim``; 0 (default): a ``dim``-wide table per codebook, summed.
 
     Switches for published GPT-2-style models (VAR; ``mmgen convert``), off by default: ``norm_type="layer"``
     (LayerNorm instead of RMSNorm; ``norm_affine=False`` drops its weights), ``ffn_type="gelu"`` (fc → GELU
@@ -72,6 +75,7 @@ class GPTConfig:
     rope: bool = True
     absolute_positions: bool = False
     num_levels: int = 0
+    codebook_embed_dim: int = 0
 
     def __post_init__(self) -> None:
         sizes = list(self.vocab_size) if isinstance(self.vocab_size, (list, tuple)) else [self.vocab_size]
@@ -96,9 +100,12 @@ class GPTConfig:
             raise ValueError("norm_affine=False is for norm_type='layer' (VAR's LayerNorm without weights)")
         if self.qk_norm and self.l2_attention:
             raise ValueError("qk_norm and l2_attention both normalise queries and keys; pick one")
-        for name in ("adaln_dim", "input_dim", "num_levels"):
+        for name in ("adaln_dim", "input_dim", "num_levels", "codebook_embed_dim"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.codebook_embed_dim and (len(sizes) < 2 or len(set(sizes)) != 1):
+            raise ValueError(f"codebook_embed_dim shares one table among codebooks of one size; it needs at least two "
+                             f"codebooks of one vocabulary, got vocab_size={self.vocab_size!r}")
         if no_tables and not self.input_dim and not self.start_token:
             raise ValueError("vocab_size=0 needs another input: input_dim > 0 (continuous tokens) or start_token=True")
         self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
@@ -290,7 +297,12 @@ class GPT(PretrainedModel):
         cfg = self._register_typed_config(config)
         self.cfg = cfg
         self.content = DiscreteContent(cfg.codebook_sizes) if cfg.codebook_sizes else None
-        self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
+        if cfg.codebook_embed_dim:  # one table for every slot; the projection tells the slots apart
+            self.tok_embeddings = nn.ModuleList([nn.Embedding(cfg.codebook_sizes[0], cfg.codebook_embed_dim)])
+            self.codebook_proj = nn.Linear(len(cfg.codebook_sizes) * cfg.codebook_embed_dim, cfg.dim, bias=False)
+        else:
+            self.tok_embeddings = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.codebook_sizes)
+            self.codebook_proj = None
         self.input_proj = nn.Linear(cfg.input_dim, cfg.dim) if cfg.input_dim else None
         self.start_embedding = nn.Parameter(torch.zeros(cfg.dim)) if cfg.start_token else None
         self.rotary = NDRotaryEmbedding(head_dim=cfg.head_dim, coord_rank=cfg.coord_rank, theta=cfg.rope_theta) if cfg.rope else None
@@ -315,10 +327,13 @@ class GPT(PretrainedModel):
 
     # ---- inputs ------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Ids ``[B, T]`` (or ``[B, T, D]`` for D codebooks) → embeddings ``[B, T, dim]``, summed over codebooks."""
+        """Ids ``[B, T]`` (or ``[B, T, D]`` for D codebooks) → embeddings ``[B, T, dim]``, summed over codebooks
+        (or, with ``codebook_embed_dim``, looked up in the shared table, concatenated and projected)."""
         if self.content is None:
             raise ValueError("token ids given, but the model was built with vocab_size=0 (no token tables)")
         self.content.check_ids(ids, name="input_ids")
+        if self.codebook_proj is not None:
+            return self.codebook_proj(self.tok_embeddings[0](ids).flatten(-2))
         if len(self.tok_embeddings) == 1:
             return self.tok_embeddings[0](ids)
         return sum(table(ids[..., d]) for d, table in enumerate(self.tok_embeddings))

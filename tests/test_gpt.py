@@ -363,6 +363,26 @@ def test_multi_codebook_embeddings_sum_the_tables():
         gpt(rand_ids(2, 5, high=16))
 
 
+def test_a_shared_codebook_table_tells_the_slots_apart():
+    """codebook_embed_dim: one table for all slots, concatenated and projected, so which id sits in which slot counts."""
+    gpt = tiny_gpt(vocab_size=[16] * 4, codebook_embed_dim=8)
+    assert len(gpt.tok_embeddings) == 1 and gpt.tok_embeddings[0].weight.shape == (16, 8)
+    ids = rand_ids(2, 5, 4, high=16)
+    with torch.no_grad():
+        table, proj = gpt.tok_embeddings[0].weight, gpt.codebook_proj.weight  # [16, 8], [32, 4 * 8]
+        expected = sum(table[ids[..., d]] @ proj[:, 8 * d: 8 * (d + 1)].T for d in range(4))
+        assert torch.allclose(gpt.embed_tokens(ids), expected, atol=1e-6)
+        swapped = ids[..., [1, 0, 2, 3]]
+        moved = swapped[..., 0] != swapped[..., 1]
+        assert not torch.allclose(gpt.embed_tokens(swapped)[moved], gpt.embed_tokens(ids)[moved])  # a sum would not see it
+    assert gpt(ids).shape == (2, 5, 32)
+    for sizes in ([16], [16, 8]):
+        with pytest.raises(ValueError, match="codebook_embed_dim shares one table among codebooks of one size"):
+            GPTConfig(vocab_size=sizes, codebook_embed_dim=8)
+    with pytest.raises(ValueError, match="codebook_embed_dim must be an int >= 0"):
+        GPTConfig(vocab_size=[16, 16], codebook_embed_dim=-1)
+
+
 def test_continuous_and_start_inputs():
     gpt = tiny_gpt(input_dim=3, start_token=True)
     x = torch.randn(2, 4, 3)
