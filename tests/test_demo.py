@@ -180,15 +180,15 @@ def tiny_audio_checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_video_checkpoints(tmp_path_factory) -> Path:
-    """One tiny random moving-shapes pipeline per video paradigm: next-token over FSQ ids, next-frame over KL latents."""
+    """One tiny random moving-shapes pipeline per video paradigm: next-token over FSQ ids, next-frame over the same ids,
+    a frame folded into one position and drawn by a tied depth head (as the shipped preset)."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("moving_shapes")
     tokenizer = {"image_size": 16, "num_frames": FRAMES, "spatial_downsample": 8, "channels": 4}
     fsq = CausalVideoTokenizer(CausalVideoConfig(**tokenizer, bottleneck="fsq", fsq_levels=[4, 4])).eval()
     _pipeline(NextTokenPipeline, fsq, VIDEO_NAMES).save_pretrained(root / "next-token")
-    kl = CausalVideoTokenizer(CausalVideoConfig(**tokenizer, bottleneck="kl", latent_dim=4)).eval()
-    _pipeline(NextXPipeline, kl, VIDEO_NAMES, entity="frame", num_flow_steps=2,
-              head={"width": 16, "depth": 1}).save_pretrained(root / "next-frame")
+    _pipeline(NextXPipeline, fsq, VIDEO_NAMES, entity="frame",
+              head={"class": "DepthHead", "width": 16, "depth": 1, "n_heads": 2, "tied": True}).save_pretrained(root / "next-frame")
     return root
 
 
@@ -334,9 +334,9 @@ def test_demo_writes_a_gif_per_clip_judged_for_shape_colour_and_direction(tiny_v
         assert [s["prompt"] for s in rows] == VIDEO_NAMES and [s["seed"] for s in rows[:3]] == [3, 4, 5]
         grid = iio.imread(out / "video" / f"grid-{paradigm}.gif", index=None)
         assert grid.shape == (FRAMES, 12 * 16, 7 * 16, 3)  # 84 clips: 12 rows of 7
-    # next-token: one forward per id of the 2 x 2 x 2 (t, h, w) grid; next-frame: one per latent frame
+    # next-token: one forward per id of the 2 x 2 x 2 (t, h, w) grid; next-frame: one per latent frame, its 4 ids one position
     assert {p: info["gpt_forwards_per_sample"] for p, info in video["paradigms"].items()} == {"next-token": 8, "next-frame": 2}
-    assert {p: info["positions_per_sample"] for p, info in video["paradigms"].items()} == {"next-token": 8, "next-frame": 8}
+    assert {p: info["positions_per_sample"] for p, info in video["paradigms"].items()} == {"next-token": 8, "next-frame": 2}
     first = video["samples"][0]
     assert set(first) >= {"file", "paradigm", "prompt", "class_id", "seed", "seconds", "judged", "right"}
     assert first["file"] == f"video/next-token/000-{VIDEO_NAMES[0].replace(' ', '-')}-seed3.gif"

@@ -84,8 +84,8 @@ AUDIO_DESCRIPTIONS = {
 VIDEO_DESCRIPTIONS = {
     "next-token": "discrete causal video tokenizer, next-token: one token per GPT forward, raster order frame after frame "
                   "(LlamaGen-style, 3D RoPE)",
-    "next-frame": "continuous causal video tokenizer, next-frame: a whole latent frame per GPT forward, all its positions drawn "
-                  "at once by a flow head, the KV cache kept across frames (xAR-style)",
+    "next-frame": "discrete causal video tokenizer, next-frame: a whole latent frame per GPT forward, its 4x4 ids one position "
+                  "of 16 codebooks drawn one after another by a tied depth head, the KV cache kept across frames (xAR-style)",
 }
 SHAPE_DESCRIPTIONS = {
     "octree-level": "octree tokenizer, next-scale by level: one GPT forward per octree level, drawing every node of it at "
