@@ -5,8 +5,9 @@ weights (speed does not depend on them), one GPT size for all:
 
 - ``next-token``: one FSQ id per step over the (t, h, w) grid (48 forwards);
 - ``next-frame (flow)``: a whole continuous latent frame per step, flow head with ``--flow-steps`` Euler steps (3 forwards);
-- ``next-frame (ids, depth)``: a whole frame of FSQ ids per step, drawn one id after another by a depth head
-  (3 forwards of the GPT, 16 small depth steps each; the preset ``configs/moving_shapes/next-frame.yaml``);
+- ``next-frame (ids, depth)``: a whole frame of FSQ ids per step (one shared 32-wide input table), drawn one id
+  after another by a tied depth head (3 forwards of the GPT, 16 small depth steps each; as the preset
+  ``configs/moving_shapes/next-frame.yaml``);
 - ``next-frame (ids, categorical)``: the same frames with the 16 ids drawn in parallel by a categorical head;
 - ``next-scale (flow)``: a space-time pyramid of the continuous latents, 1x1x1, 1x2x2, 2x3x3, 3x4x4 (4 forwards,
   71 tokens of which 48 are the clip's), flow head;
@@ -46,9 +47,9 @@ def build(args: argparse.Namespace) -> dict[str, ARPipeline]:
     gpt = {"dim": args.dim, "n_layers": args.layers, "n_heads": args.heads}
     flow = {"width": 256, "depth": 3}
 
-    def make(cls: type[ARPipeline], tokenizer: Any, **options: Any) -> ARPipeline:
+    def make(cls: type[ARPipeline], tokenizer: Any, gpt_options: dict[str, Any] | None = None, **options: Any) -> ARPipeline:
         conditioner = ClassConditioner(ClassConditionerConfig(dim=args.dim, num_classes=NUM_VIDEO_CLASSES))
-        pipe = cls.from_tokenizer(tokenizer, conditioner=conditioner, gpt=gpt, **options)
+        pipe = cls.from_tokenizer(tokenizer, conditioner=conditioner, gpt={**gpt, **(gpt_options or {})}, **options)
         pipe.register_to_config(null_condition_trained=True)  # random weights; lets the calls use CFG as a trained model would
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -56,8 +57,8 @@ def build(args: argparse.Namespace) -> dict[str, ARPipeline]:
     return {
         "next-token": make(NextTokenPipeline, fsq),
         "next-frame (flow)": make(NextXPipeline, kl, entity="frame", num_flow_steps=args.flow_steps, head=flow),
-        "next-frame (ids, depth)": make(NextXPipeline, fsq, entity="frame",
-                                        head={"class": "DepthHead", "width": 128, "depth": 4, "n_heads": 4}),
+        "next-frame (ids, depth)": make(NextXPipeline, fsq, {"codebook_embed_dim": 32}, entity="frame",
+                                        head={"class": "DepthHead", "width": 128, "depth": 4, "n_heads": 4, "tied": True}),
         "next-frame (ids, categorical)": make(NextXPipeline, fsq, entity="frame"),
         "next-scale (flow)": make(NextXPipeline, kl, entity="scale", patch_nums=SPACE_TIME_SCALES,
                                   num_flow_steps=args.flow_steps, head=flow),

@@ -53,8 +53,8 @@ def generate_long_video(pipe: ARPipeline, *, num_frames: int, prompt: str | Sequ
 def starts_with_the_first_frame(pipe: ARPipeline) -> bool:
     """Whether the pipeline's first positions are exactly the first latent frame's, so a frame can prefill it.
 
-    True for frame-major orders (token by token, frame by frame); False for a space-time pyramid, whose first
-    scales pool every frame.
+    Read from the first coordinate of each position: time for frame-major orders (token by token, frame by
+    frame: True), the scale index for a space-time pyramid, whose first scales pool every frame (False).
     """
     time_L = pipe.pattern().layout().coords[0, :, 0]
     first = time_L.numel() // pipe.tokenizer.token_spec().shape[0]
