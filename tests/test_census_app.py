@@ -37,7 +37,9 @@ from pipeline_fixtures import (
 from mmgen.app.cli import main
 from mmgen.conditioning import ClassConditioner, ClassConditionerConfig
 from mmgen.data import MeshFolder, PrimitivesDataset, TonesDataset
-from pipelines import ARPipeline, NextScalePipeline, NextTokenPipeline, NextXPipeline
+from mmgen.gpt import GPTConfig
+from mmgen.heads import DepthHeadConfig
+from pipelines import ARPipeline, NextScalePipeline, NextTokenPipeline, NextXPipeline, first_frame_prefill
 from tokenizers_audio import MultiScaleAudioCodec, MultiScaleAudioConfig, RVQAudioCodec, RVQAudioConfig
 from tokenizers_audio import SingleCodebookAudioCodec, SingleCodebookAudioConfig
 from tokenizers_visual import (
@@ -425,7 +427,20 @@ ROWS = [
     api("CausalVideoConfig: a clip length the time stride cannot take", lambda p: CausalVideoConfig(**{**VIDEO, "num_frames": 6}),
         ValueError, "num_frames must be 1 + k * temporal_downsample (4), got 6"),
     api("NextX.from_tokenizer: cells on a video grid", lambda p: _fresh(NextXPipeline, _video("kl"), entity="cell"),
-        ValueError, "a (t, h, w) token grid (video) takes entity 'frame', 'token' or 'image'; got entity='cell'"),
+        ValueError, "a (t, h, w) token grid (video) takes entity 'frame', 'token', 'image' or 'scale'; got entity='cell'"),
+    api("NextX.from_tokenizer: a space-time pyramid that ends short of the grid",
+        lambda p: _fresh(NextXPipeline, _video("kl"), entity="scale", patch_nums=[[1, 1, 1], [2, 1, 1]]),
+        ValueError, "patch_nums must end at the latent grid (2, 2, 2), got (2, 1, 1)"),
+    api("NextX.from_tokenizer: a space-time pyramid over ids", lambda p: _fresh(NextXPipeline, _video("fsq"), entity="scale"),
+        ValueError, "entity='scale' needs continuous latents (and a FlowHead); a grid of ids has no coarse scales"),
+    api("first_frame_prefill: a space-time pyramid has no first frame to give",
+        lambda p: first_frame_prefill(_fresh(NextXPipeline, _video("kl"), entity="scale"), _clip()[:, 0]),
+        ValueError, "first_frame_prefill needs a pattern that puts the first latent frame first; this pipeline's Scales order"),
+    api("DepthHeadConfig: tied over codebooks of different sizes",
+        lambda p: DepthHeadConfig(dim=8, codebook_sizes=[4, 8], tied=True),
+        ValueError, "tied=True needs codebooks of one size (one shared table), got codebook_sizes=[4, 8]"),
+    api("GPTConfig: a shared codebook table for one codebook", lambda p: GPTConfig(vocab_size=16, codebook_embed_dim=8),
+        ValueError, "codebook_embed_dim shares one table among codebooks of one size; it needs at least two codebooks"),
     # ---- OctreeTokenizer and 3D data ----
     api("Octree.encode: a non-cubic grid", lambda p: _octree().encode(torch.ones(1, 8, 8, 4)),
         ValueError, "shapes must be occupancy grids [B, 8, 8, 8] (this tokenizer's resolution) or point clouds [B, N, 3]"),
