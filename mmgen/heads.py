@@ -372,15 +372,16 @@ class DepthHead(_DiscreteHead):
         W = cfg.width
         self.input_proj = nn.Linear(cfg.dim, W)
         self.step_embedding = nn.Parameter(torch.empty(len(cfg.codebook_sizes), W))
-        tables = cfg.codebook_sizes[:1] if cfg.tied else cfg.codebook_sizes
-        self.code_embeddings = nn.ModuleList(nn.Embedding(v, W) for v in (tables if cfg.tied else tables[:-1]))
+        sizes = cfg.codebook_sizes
+        # untied: step d reads codebook d − 1's table and writes through its own projection; tied: one of each
+        self.code_embeddings = nn.ModuleList(nn.Embedding(v, W) for v in (sizes[:1] if cfg.tied else sizes[:-1]))
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(W, cfg.n_heads, dim_feedforward=4 * W, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(W)
-        self.projections = nn.ModuleList(nn.Linear(W, v, bias=False) for v in tables)
+        self.projections = nn.ModuleList(nn.Linear(W, v, bias=False) for v in (sizes[:1] if cfg.tied else sizes))
         nn.init.normal_(self.step_embedding, std=DEPTH_INIT_STD)
         for table in self.code_embeddings:
             nn.init.normal_(table.weight, std=DEPTH_INIT_STD)

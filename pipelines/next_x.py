@@ -25,8 +25,7 @@ parallel, with clean teacher forcing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-import math
-from math import prod
+from math import ceil, prod
 from typing import Any, Callable, Sequence
 
 import torch
@@ -221,7 +220,7 @@ def default_space_time_scales(shape: Sequence[int]) -> list[tuple[int, int, int]
     ``(3, 4, 4)`` → ``[(1, 1, 1), (2, 2, 2), (3, 4, 4)]``.
     """
     t, side = shape[0], shape[1]
-    return [(max(1, math.ceil(t * s / side)), s, s) for s in default_patch_nums(side)]
+    return [(max(1, ceil(t * s / side)), s, s) for s in default_patch_nums(side)]
 
 
 def _check_space_time_scales(patch_nums: Sequence[Sequence[int]], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
