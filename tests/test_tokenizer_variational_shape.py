@@ -226,6 +226,19 @@ def test_dead_codes_restart_on_batch_residuals():
     assert int(changed.sum()) == int(logs["restarted"])
 
 
+def test_quantizer_warm_up_decodes_continuous_latents_then_quantises_and_resumes_its_count(tmp_path):
+    tokenizer = tiny_tokenizer(quantizer_warmup_steps=2).train()
+    z = torch.randn(2, 8, 8)
+    outputs = [tokenizer.quantizer(z, track_usage=True) for _ in range(3)]
+    assert torch.equal(outputs[0].latents_BNC, z) and torch.equal(outputs[1].latents_BNC, z)
+    assert not torch.allclose(outputs[2].latents_BNC, z)  # the third call quantises
+    assert outputs[0].vq_loss > 0  # the codebook follows the latents meanwhile
+    assert not torch.allclose(tokenizer.quantizer(z).latents_BNC, z)  # encode (no tracking) always quantises
+    tokenizer.save_pretrained(tmp_path)
+    assert int(VariationalShapeTokenizer.from_pretrained(tmp_path).quantizer.training_calls) == 3
+    assert "quantizer.training_calls" not in tiny_tokenizer().state_dict()  # absent without a warm-up
+
+
 # ---- saving --------------------------------------------------------------------------------------------
 def test_save_and_load_round_trip(tmp_path):
     tokenizer = trained_tokenizer()
@@ -298,6 +311,7 @@ def test_bad_points_ids_and_loss_inputs_raise_naming_the_argument():
     (dict(kl_weight=-1.0), "kl_weight must be >= 0"),
     (dict(refine_ratio=1.5), "refine_ratio must lie in"),
     (dict(resolution=0), "resolution must be an int >= 1"),
+    (dict(quantizer_warmup_steps=-1), "quantizer_warmup_steps must be an int >= 0"),
 ])
 def test_bad_config_values_raise_naming_the_field(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):

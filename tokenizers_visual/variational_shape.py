@@ -85,6 +85,8 @@ class VariationalShapeConfig:
     Loss: BCE of occupancy at ``num_queries`` voxel centres per shape (half uniform, half within
     ``surface_band`` voxels of the surface) + ``vq_weight`` · (codebook loss + ``beta`` · commitment)
     + ``kl_weight`` · KL. ``dead_code_steps`` > 0 restarts codes no scale picked for that many steps.
+    ``quantizer_warmup_steps`` > 0: the first that many training calls decode the continuous latents
+    while the codebook follows them (see :meth:`ScaleResidualQuantizer.forward`).
     """
 
     resolution: int = 32
@@ -102,6 +104,7 @@ class VariationalShapeConfig:
     beta: float = 0.25
     vq_weight: float = 1.0
     dead_code_steps: int = 20
+    quantizer_warmup_steps: int = 0
     num_queries: int = 2048
     surface_band: int = 2
 
@@ -113,6 +116,7 @@ class VariationalShapeConfig:
         _require_int("codebook_size", self.codebook_size, minimum=2)
         _require_int("num_queries", self.num_queries, minimum=2)
         _require_int("dead_code_steps", self.dead_code_steps, minimum=0)
+        _require_int("quantizer_warmup_steps", self.quantizer_warmup_steps, minimum=0)
         if self.width % self.heads:
             raise ValueError(f"width={self.width} must be divisible by heads={self.heads}")
         if len(self.scales) < 2:
@@ -334,13 +338,16 @@ class ScaleResidualQuantizer(nn.Module):
     """
 
     def __init__(self, *, codebook_size: int, dim: int, scales: Sequence[int], refine_ratio: float, beta: float,
-                 dead_code_steps: int) -> None:
+                 dead_code_steps: int, warmup_steps: int = 0) -> None:
         super().__init__()
         self.scales, self.beta, self.dead_code_steps = tuple(scales), beta, dead_code_steps
         self.codebook_size, self.length = codebook_size, self.scales[-1]
         self.embedding = nn.Embedding(codebook_size, dim)
         self.refines = nn.ModuleList(Refine(dim, refine_ratio) for _ in self.scales)
         self.register_buffer("idle_steps_V", torch.zeros(codebook_size, dtype=torch.long))
+        self.warmup_steps = warmup_steps
+        if warmup_steps:  # saved with the weights, so a resumed run goes on where it was (absent without a warm-up)
+            self.register_buffer("training_calls", torch.zeros((), dtype=torch.long))
         self.last_restarted = 0
 
     def pool(self, f_BCN: torch.Tensor, scale_index: int) -> torch.Tensor:
@@ -378,6 +385,11 @@ class ScaleResidualQuantizer(nn.Module):
         ``f_hat_k``; along a 1D latent axis that pulls every latent towards the pooled (constant) coarse
         codes, and the encoder gives up: all latents become one vector and the fine scales carry nothing.
         ``track_usage`` (training) restarts codes idle for ``dead_code_steps`` steps; it changes no id of this call.
+
+        Warm-up: the first ``warmup_steps`` calls with ``track_usage`` return the continuous latents with the
+        codebook term alone (no commitment). Quantised from the first step, the decoder learns from codes that
+        lag behind a fast-moving encoder, which slows the whole autoencoder; during the warm-up the codes
+        follow the latents (idle ones restart on them), so quantising afterwards costs little.
         """
         B, N, C = z_BNC.shape
         if (N, C) != (self.length, self.embedding.embedding_dim):
@@ -397,6 +409,10 @@ class ScaleResidualQuantizer(nn.Module):
             rests.append(rest_MC)
         if track_usage and self.dead_code_steps:
             self._restart_dead_codes(torch.cat(ids, dim=1), torch.cat(rests))
+        if track_usage and self.warmup_steps:
+            self.training_calls += 1
+            if int(self.training_calls) <= self.warmup_steps:
+                return ScaleQuantOutput(z_BNC, ids, contexts, codebook_loss / len(self.scales))
         latents_BNC = (z_BCN + (f_hat_BCN - z_BCN).detach()).transpose(1, 2)
         vq_loss = codebook_loss / len(self.scales) + self.beta * F.mse_loss(z_BCN, f_hat_BCN.detach())
         return ScaleQuantOutput(latents_BNC, ids, contexts, vq_loss)
@@ -442,7 +458,8 @@ class VariationalShapeTokenizer(PretrainedModel):
         self.encoder = PointSetEncoder(cfg)
         self.quantizer = ScaleResidualQuantizer(codebook_size=cfg.codebook_size, dim=cfg.latent_dim, scales=cfg.scales,
                                                 refine_ratio=cfg.refine_ratio, beta=cfg.beta,
-                                                dead_code_steps=cfg.dead_code_steps)
+                                                dead_code_steps=cfg.dead_code_steps,
+                                                warmup_steps=cfg.quantizer_warmup_steps)
         self.decoder = OccupancyDecoder(cfg)
 
     # ---- sizes -------------------------------------------------------------------------------
