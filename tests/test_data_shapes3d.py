@@ -20,6 +20,7 @@ from mmgen.data import (
     shape3d_caption,
     voxel_centres,
 )
+from mmgen.metrics import judge_primitives
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,6 +88,23 @@ def test_items_have_the_documented_keys_classes_and_types():
     assert batch["caption"] == [SHAPE3D_CAPTIONS[i % 5] for i in range(12)]
     item = data[4]
     assert item["class_id"] == 4 and item["caption"] == "a torus" and item["shape"].shape == (16, 16, 16)
+
+
+def test_class_mix_repeats_classes_in_the_cycle_and_the_default_is_the_plain_cycle():
+    plain = PrimitivesDataset(size=12, resolution=16, num_points=32)
+    assert torch.equal(PrimitivesDataset(size=12, resolution=16, num_points=32, class_mix=[1, 1, 1, 1, 1]).batch(range(12))["shape"],
+                       plain.batch(range(12))["shape"])
+    mixed = PrimitivesDataset(size=12, resolution=16, num_points=32, class_mix=(1, 4, 0, 1, 1))
+    batch = mixed.batch(range(7))
+    assert batch["class_id"].tolist() == [0, 1, 1, 1, 1, 3, 4]
+    assert batch["caption"][1] == "a cube" and mixed.params(8)["primitive"] == "cube"
+    assert judge_primitives(batch["shape"]) == [PRIMITIVES[c] for c in batch["class_id"].tolist()]
+
+
+@pytest.mark.parametrize("mix", [[1, 1, 1, 1], [0, 0, 0, 0, 0], [1, -1, 1, 1, 1], [1, 1.5, 1, 1, 1], "11111"])
+def test_class_mix_rejects_bad_counts_naming_it(mix):
+    with pytest.raises(ValueError, match="class_mix must be 5 counts"):
+        PrimitivesDataset(size=5, class_mix=mix)
 
 
 def test_the_same_shape_at_every_resolution_and_point_count():

@@ -354,3 +354,13 @@ def test_length_grouped_batches_are_a_function_of_the_step_and_pad_less():
     source = TokenSource(torch.zeros(8, 3, dtype=torch.long), torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="data.group_by_length"):
         StepBatches(source, fields=("tokens",), seed=0, batch_size=4, num_steps=1, group_by_length=4)
+
+
+def test_data_class_mix_weights_the_primitives_classes_and_is_refused_elsewhere():
+    from mmgen.app.training.config import DataConfig
+    from mmgen.app.training.data import build_source
+
+    cubes = build_source(DataConfig(dataset="primitives", resolution=8, num_items=10, class_mix=[0, 1, 0, 0, 0]))
+    assert cubes.batch(range(10))["class_id"].tolist() == [1] * 10
+    with pytest.raises(ValueError, match="data.class_mix applies to the built-in primitives only"):
+        build_source(DataConfig(dataset="shapes", num_items=10, class_mix=[1, 1, 1, 1, 1]))

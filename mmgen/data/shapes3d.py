@@ -269,14 +269,16 @@ class PrimitivesDataset(Dataset):
     the shape stays inside the grid less one voxel per side at resolution 8. Cylinders and cones stand
     upright (apex up); a torus lies flat, its hole along z. Item ``i`` is a pure function of
     ``(seed, split, i)``, the same analytic shape at every ``resolution`` and ``num_points``; classes cycle
-    with the index (``class_id = i % 5``). Occupancy is the SDF's sign at voxel centres; points are drawn
+    with the index (``class_id = i % 5``). ``class_mix`` (one count per class) repeats classes in that cycle:
+    ``(1, 4, 1, 1, 1)`` makes every second item a cube, for a model whose hard class needs more of the
+    steps; the default (one each) is the plain cycle. Occupancy is the SDF's sign at voxel centres; points are drawn
     uniformly by area on the analytic surface.
     """
 
     modality = "shape"  # batches hold the samples under this key
 
     def __init__(self, *, split: str = "train", size: int, resolution: int = 32, num_points: int = 2048,
-                 seed: int = 0) -> None:
+                 seed: int = 0, class_mix: Sequence[int] | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         _check_positive("size", size)
@@ -285,6 +287,7 @@ class PrimitivesDataset(Dataset):
         self.resolution = _check_resolution(resolution)
         self.seed = _check_seed(seed)
         self._axis_R = _voxel_axis(self.resolution)
+        self._class_cycle = _class_cycle(class_mix)
 
     def __len__(self) -> int:
         return self.size
@@ -304,10 +307,9 @@ class PrimitivesDataset(Dataset):
         index, rng = self._rng(index)
         return self._draw(index, rng)
 
-    @staticmethod
-    def _draw(index: int, rng: np.random.Generator) -> dict[str, Any]:
+    def _draw(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The parameters of item ``index``: the first draws of its generator (its surface points come after)."""
-        cid = index % NUM_SHAPE3D_CLASSES
+        cid = self._class_cycle[index % len(self._class_cycle)]
         primitive = PRIMITIVES[cid]
         rotation = float(rng.uniform(0.0, 2.0 * math.pi))
         if primitive == "sphere":
@@ -352,6 +354,18 @@ class PrimitivesDataset(Dataset):
         return {"shape": torch.stack(shapes), "points": torch.from_numpy(np.stack(points)).float(),
                 "normals": torch.from_numpy(np.stack(normals)).float(), "class_id": torch.tensor(cids),
                 "caption": [SHAPE3D_CAPTIONS[c] for c in cids]}
+
+
+def _class_cycle(class_mix: Sequence[int] | None) -> tuple[int, ...]:
+    """The class ids items cycle through: class c repeated ``class_mix[c]`` times (each once by default)."""
+    if class_mix is None:
+        return tuple(range(NUM_SHAPE3D_CLASSES))
+    counts = list(class_mix) if isinstance(class_mix, (list, tuple)) else None
+    if (counts is None or len(counts) != NUM_SHAPE3D_CLASSES
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts) or not sum(counts)):
+        raise ValueError(f"class_mix must be {NUM_SHAPE3D_CLASSES} counts >= 0 (one per class of {PRIMITIVES}), "
+                         f"not all 0, got {class_mix!r}")
+    return tuple(c for c, n in enumerate(counts) for _ in range(n))
 
 
 MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")

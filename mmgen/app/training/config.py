@@ -44,7 +44,8 @@ class DataConfig:
     ``num_workers`` processes prepare the batches of the coming steps (0: the training process does); the
     batch of a step is the same either way. ``group_by_length`` (generators over sequences of their own lengths,
     octrees): a step draws that many batches' worth of random items and keeps one batch of similar lengths, so
-    rows are padded less (0: off).
+    rows are padded less (0: off). ``class_mix`` (primitives only): one count per class, how often each comes
+    in the cycle of items (see :class:`mmgen.data.PrimitivesDataset`); held-out evaluation stays balanced.
     """
 
     dataset: str = "shapes"
@@ -61,6 +62,7 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 0
     group_by_length: int = 0
+    class_mix: list[int] | None = None
     tokens: str | None = None
 
 

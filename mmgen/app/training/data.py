@@ -89,6 +89,8 @@ class HFImageSource:
 
 def build_source(cfg: DataConfig) -> Any:
     """The dataset a :class:`DataConfig` names, with ``modality``, ``len`` and ``batch(indices)``."""
+    if cfg.class_mix is not None and cfg.dataset != "primitives":
+        raise ValueError(f"data.class_mix applies to the built-in primitives only, not to data.dataset: {cfg.dataset}")
     if cfg.dataset == "shapes":
         return ShapesDataset(size=cfg.image_size, length=cfg.num_items, split="train", seed=cfg.seed)
     if cfg.dataset == "tones":
@@ -99,7 +101,8 @@ def build_source(cfg: DataConfig) -> Any:
     if cfg.dataset == "moving_shapes":
         return MovingShapesDataset(size=cfg.image_size, num_frames=cfg.num_frames, length=cfg.num_items, split="train", seed=cfg.seed)
     if cfg.dataset == "primitives":
-        return PrimitivesDataset(split="train", size=cfg.num_items, resolution=cfg.resolution, seed=cfg.seed)
+        return PrimitivesDataset(split="train", size=cfg.num_items, resolution=cfg.resolution, seed=cfg.seed,
+                                 class_mix=cfg.class_mix)
     if cfg.path is None:
         raise ValueError(f"data.path is required for data.dataset: {cfg.dataset}")
     if cfg.dataset == "folder":
