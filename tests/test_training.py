@@ -364,3 +364,16 @@ def test_data_class_mix_weights_the_primitives_classes_and_is_refused_elsewhere(
     assert cubes.batch(range(10))["class_id"].tolist() == [1] * 10
     with pytest.raises(ValueError, match="data.class_mix applies to the built-in primitives only"):
         build_source(DataConfig(dataset="shapes", num_items=10, class_mix=[1, 1, 1, 1, 1]))
+
+
+def test_the_model_card_names_paths_relative_to_the_config_and_how_to_reproduce(tokenizer_dir, tmp_path):
+    """A card written on one machine must not carry that machine's folders: the tokenizer path is the config's own."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = write_config(folder / "card.yaml", generator_config(tokenizer_dir, tmp_path / "run", optim={"steps": 2},
+                                                               eval={"every": 0}, checkpoint={"every": 0}))
+    Trainer(load_config(path), config_path=str(path)).fit()
+    card = next((tmp_path / "run").rglob("README.md")).read_text()
+    shown = yaml.safe_load(card.split("## Config")[1].split("```yaml\n")[1].split("```")[0])
+    assert shown["tokenizer"] == os.path.relpath(tokenizer_dir, folder) and not Path(shown["tokenizer"]).is_absolute()
+    assert f"mmgen train {path}" in card

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from mmgen.files import write_text_atomically
 
 from .builders import build_pipeline, build_tokenizer
-from .config import TrainConfig
+from .config import PATH_KEYS, TrainConfig
 from .data import (
     StepBatches,
     TokenSource,
@@ -444,9 +444,25 @@ class Trainer:
         metrics = {k: v for k, v in _flatten(report.get("eval", {})).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         modality = getattr(getattr(self.model, "tokenizer", self.model), "modality", "image")
         tag = f"{modality}-tokenizer" if cfg.kind == "tokenizer" else TASK_TAGS.get(modality, modality)
-        write_model_card(folder, title=f"{name} trained with mmgen", config=dataclasses.asdict(cfg), data=data, tags=[tag],
+        write_model_card(folder, title=f"{name} trained with mmgen", config=self._card_config(), data=data, tags=[tag],
                          training=training, metrics=metrics, usage=loading_code(name, "path/to/this/folder", module=module),
                          reproduce=f"mmgen train {self.config_path}" if self.config_path else None, overwrite=True)
+
+    def _card_config(self) -> dict[str, Any]:
+        """The config as the card shows it: paths (resolved when the config was read) relative to the config's folder
+        again, so the card names what the run read without this machine's directories."""
+        shown = dataclasses.asdict(self.cfg)
+        if not self.config_path:
+            return shown
+        base = Path(self.config_path).resolve().parent
+        for key in PATH_KEYS:
+            *parents, leaf = key.split(".")
+            section = shown
+            for part in parents:
+                section = section[part]
+            if isinstance(section.get(leaf), str) and Path(section[leaf]).is_absolute():
+                section[leaf] = os.path.relpath(section[leaf], base)
+        return shown
 
     def evaluate(self, *, out_dir: Path | None = None) -> dict[str, Any]:
         """Generators: prompt adherence on the shapes classes, sample grid in ``out_dir`` (default ``output_dir``).
