@@ -388,7 +388,8 @@ class ScaleResidualQuantizer(nn.Module):
 
         Warm-up: the first ``warmup_steps`` calls with ``track_usage`` return the continuous latents with the
         codebook term alone (no commitment). Quantised from the first step, the decoder learns from codes that
-        lag behind a fast-moving encoder, which slows the whole autoencoder; during the warm-up the codes
+        lag behind a fast-moving encoder: on the primitives that roughly halved how fast the autoencoder learnt,
+        and the shipped preset needs the warm-up to keep cubes (BENCHMARKS.md). During the warm-up the codes
         follow the latents (idle ones restart on them), so quantising afterwards costs little.
         """
         B, N, C = z_BNC.shape
