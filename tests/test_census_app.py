@@ -467,6 +467,10 @@ ROWS = [
         ValueError, "resolution must be a power of two in [8, 128]"),
     api("MeshFolder: a mesh that is not closed", lambda p: MeshFolder(_open_mesh(p), resolution=8)[0],
         ValueError, "is not closed (not watertight)"),
+    api("PrimitivesDataset: a class_mix without one count per class", lambda p: PrimitivesDataset(size=2, class_mix=[1, 4]),
+        ValueError, "class_mix must be 5 counts >= 0 (one per class of"),
+    api("VariationalShapeConfig: a negative quantizer warm-up", lambda p: VariationalShapeConfig(quantizer_warmup_steps=-1),
+        ValueError, "quantizer_warmup_steps must be an int >= 0, got -1"),
     # ---- audio codec encoder and decoder kinds (tokenizers_audio.frontends) ----
     api("RVQAudioConfig: an unknown encoder_type", lambda p: RVQAudioConfig(**AUDIO, encoder_type="mel"),
         ValueError, "encoder_type must be one of ('seanet', 'stft'), got 'mel'"),
