@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -45,7 +46,7 @@ from tqdm.auto import tqdm
 from mmgen.files import write_text_atomically
 
 from .builders import build_pipeline, build_tokenizer
-from .config import PATH_KEYS, TrainConfig
+from .config import PATH_KEYS, TrainConfig, apply_overrides
 from .data import (
     StepBatches,
     TokenSource,
@@ -455,14 +456,9 @@ class Trainer:
         if not self.config_path:
             return shown
         base = Path(self.config_path).resolve().parent
-        for key in PATH_KEYS:
-            *parents, leaf = key.split(".")
-            section = shown
-            for part in parents:
-                section = section[part]
-            if isinstance(section.get(leaf), str) and Path(section[leaf]).is_absolute():
-                section[leaf] = os.path.relpath(section[leaf], base)
-        return shown
+        values = {key: functools.reduce(getattr, key.split("."), self.cfg) for key in PATH_KEYS}
+        return apply_overrides(shown, {key: os.path.relpath(value, base) for key, value in values.items()
+                                       if isinstance(value, str) and Path(value).is_absolute()})
 
     def evaluate(self, *, out_dir: Path | None = None) -> dict[str, Any]:
         """Generators: prompt adherence on the shapes classes, sample grid in ``out_dir`` (default ``output_dir``).
