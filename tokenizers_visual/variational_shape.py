@@ -410,12 +410,13 @@ class ScaleResidualQuantizer(nn.Module):
             rests.append(rest_MC)
         if track_usage and self.dead_code_steps:
             self._restart_dead_codes(torch.cat(ids, dim=1), torch.cat(rests))
+        codebook_loss = codebook_loss / len(self.scales)
         if track_usage and self.warmup_steps:
             self.training_calls += 1
             if int(self.training_calls) <= self.warmup_steps:
-                return ScaleQuantOutput(z_BNC, ids, contexts, codebook_loss / len(self.scales))
+                return ScaleQuantOutput(z_BNC, ids, contexts, codebook_loss)
         latents_BNC = (z_BCN + (f_hat_BCN - z_BCN).detach()).transpose(1, 2)
-        vq_loss = codebook_loss / len(self.scales) + self.beta * F.mse_loss(z_BCN, f_hat_BCN.detach())
+        vq_loss = codebook_loss + self.beta * F.mse_loss(z_BCN, f_hat_BCN.detach())
         return ScaleQuantOutput(latents_BNC, ids, contexts, vq_loss)
 
     @torch.no_grad()
