@@ -4,7 +4,9 @@ Every head implements one interface (:class:`Head`), so the engine and the train
 kind of token a model emits:
 
 - ``loss(hidden_BLD, targets, mask=...)``: the training loss at the positions (or, for ids, the
-  codebook entries) that the mask keeps, plus float logs;
+  codebook entries) that the mask keeps, plus float logs; ``log_likelihood(hidden_BLD, targets, mask=...)``:
+  each row's summed log-probability of its kept targets (id heads only: scoring which condition explains
+  known tokens);
 - ``sample(hidden_RnD, sampling=..., guidance_scale=..., seeds_Bn=...)``: one group's tokens from its
   hidden states. With classifier-free guidance the rows are doubled (R = 2B, conditional rows first);
   the unconditional rows are used only where ``guidance_scale != 1``. ``seeds_Bn`` (int64 ``[B, n]``)
@@ -86,6 +88,12 @@ class Head(PretrainedModel, metaclass=abc.ABCMeta):
 
         ``mask``: bool ``[B, L]`` (positions) or, for ids, ``[B, L, D]`` (entries); False = left out.
         """
+
+    def log_likelihood(self, hidden_BLD: torch.Tensor, targets: torch.Tensor, *,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per row, the summed log-probability in nats ``[B]`` of the kept targets (teacher-forced scoring)."""
+        raise ValueError(f"{type(self).__name__} has no exact likelihood to score tokens with; "
+                         f"log_likelihood needs a head that draws ids (CategoricalHead, DepthHead)")
 
     @abc.abstractmethod
     def sample(self, hidden_RnD: torch.Tensor, *, sampling: SamplingConfig, guidance_scale: float,
@@ -202,13 +210,7 @@ class _DiscreteHead(Head):
     def loss(self, hidden_BLD: torch.Tensor, targets: torch.Tensor, *, mask: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean cross-entropy over the kept entries of all codebooks; logs ``ce`` and ``accuracy``."""
-        self._check_hidden(hidden_BLD, name="hidden_BLD", dim=self.cfg.dim)
-        self.content.check_ids(targets, name="targets")
-        B, L, _ = hidden_BLD.shape
-        if tuple(targets.shape[:2]) != (B, L):
-            raise ValueError(f"targets must cover the positions of hidden_BLD [{B}, {L}], got shape {tuple(targets.shape)}")
-        ids_BLD = targets.long().reshape(B, L, self.num_codebooks)
-        keep_BLD = self._position_mask(mask, (B, L), entries=self.num_codebooks)
+        ids_BLD, keep_BLD = self._teacher_targets(hidden_BLD, targets, mask)
         total, correct = hidden_BLD.new_zeros((), dtype=torch.float32), 0
         for d, logits_BLV in enumerate(self._teacher_logits(hidden_BLD, ids_BLD)):
             if keep_BLD is None:
@@ -221,6 +223,26 @@ class _DiscreteHead(Head):
         loss = total / count
         accuracy = correct / count
         return loss, {"ce": loss.item(), "accuracy": float(accuracy)}
+
+    def log_likelihood(self, hidden_BLD: torch.Tensor, targets: torch.Tensor, *,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per row, the summed log-probability in nats ``[B]`` of the kept entries of all codebooks."""
+        ids_BLD, keep_BLD = self._teacher_targets(hidden_BLD, targets, mask)
+        total_B = hidden_BLD.new_zeros(hidden_BLD.shape[0], dtype=torch.float32)
+        for d, logits_BLV in enumerate(self._teacher_logits(hidden_BLD, ids_BLD)):
+            logp_BL = logits_BLV.float().log_softmax(-1).gather(-1, ids_BLD[..., d : d + 1]).squeeze(-1)
+            total_B = total_B + (logp_BL if keep_BLD is None else logp_BL * keep_BLD[..., d]).sum(1)
+        return total_B
+
+    def _teacher_targets(self, hidden_BLD: torch.Tensor, targets: torch.Tensor,
+                         mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checked ids ``[B, L, D]`` and the kept entries ``[B, L, D]`` (None: all) of a teacher-forced forward."""
+        self._check_hidden(hidden_BLD, name="hidden_BLD", dim=self.cfg.dim)
+        self.content.check_ids(targets, name="targets")
+        B, L, _ = hidden_BLD.shape
+        if tuple(targets.shape[:2]) != (B, L):
+            raise ValueError(f"targets must cover the positions of hidden_BLD [{B}, {L}], got shape {tuple(targets.shape)}")
+        return targets.long().reshape(B, L, self.num_codebooks), self._position_mask(mask, (B, L), entries=self.num_codebooks)
 
     @abc.abstractmethod
     def _teacher_logits(self, hidden_BLD: torch.Tensor, ids_BLD: torch.Tensor) -> list[torch.Tensor]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline
 
-from mmgen.conditioning import Conditioner
+from mmgen.conditioning import ClassConditioner, Conditioner
 from mmgen.files import write_text_atomically
 from mmgen.drafts import JacobiDraft, ModelDraft, NGramDraft, RecycledDraft
 from mmgen.generation import draw_seeds, generate, teacher_hidden
@@ -242,6 +242,66 @@ class ARPipeline(DiffusionPipeline):
             self.register_to_config(null_condition_trained=True)
         hidden = teacher_hidden(self.gpt, cond, teacher.inputs_BLD, teacher.layout)
         return self.head.loss(hidden, teacher.targets, mask=teacher.mask, generator=generator)
+
+    # ---- scoring -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_likelihood(self, seq: torch.Tensor, *, class_labels: torch.Tensor | Sequence[int] | None = None,
+                       prompt: Sequence[str] | None = None) -> torch.Tensor:
+        """``log p(seq | condition)`` per row ``[B]`` in nats, by one teacher-forced forward (no guidance).
+
+        ``seq``: a sequence from :meth:`tokenize`, or its first positions (whole groups, what ``prefill``
+        takes); only those are scored, the causal GPT never lets later positions change them. One condition
+        per row: ``class_labels`` (the null class id allowed) or ``prompt`` (``""`` is the null prompt).
+        """
+        if isinstance(self.head.content, ContinuousContent):
+            raise ValueError(f"log_likelihood scores ids; this pipeline's {type(self.head).__name__} draws continuous "
+                             f"latents, which have no exact likelihood here")
+        if not isinstance(seq, torch.Tensor) or seq.dim() < 2 or seq.shape[1] < 1:
+            got = tuple(seq.shape) if isinstance(seq, torch.Tensor) else type(seq).__name__
+            raise ValueError(f"seq must be a tensor [B, m, ...] of known tokens from the start of a sequence, got {got}")
+        B, m = seq.shape[:2]
+        cond = self.conditioner.training_condition(class_labels=class_labels, prompt=prompt, batch_size=B, cond_drop_prob=0.0)
+        program = self.program(start_inputs=cond.start_R1D)
+        length = program.num_positions
+        if m > length:
+            raise ValueError(f"seq holds {m} positions; this pipeline's sequences have {length}")
+        plan = self.plan(self.tokenizer, **self.plan_options())
+        _check_ids(plan.input_content or plan.content, seq, name="seq")
+        padded = torch.cat([seq, seq.new_zeros((B, length - m, *seq.shape[2:]))], dim=1)  # id 0: any valid id
+        teacher = program.teacher(padded)
+        known_BL = (torch.arange(length, device=seq.device) < m).expand(B, length)
+        mask = known_BL if teacher.mask is None else teacher.mask & known_BL.view(B, length, *([1] * (teacher.mask.dim() - 2)))
+        hidden = teacher_hidden(self.gpt, cond, teacher.inputs_BLD, teacher.layout)
+        return self.head.log_likelihood(hidden, teacher.targets, mask=mask)
+
+    @torch.no_grad()
+    def class_posterior(self, seq: torch.Tensor, *, candidates: Sequence[int] | Sequence[str] | None = None,
+                        batch_size: int = 256) -> torch.Tensor:
+        """Log posterior ``[B, C]`` over candidate conditions of known tokens (uniform prior): which condition the
+        model reads in them, e.g. the class of a given first frame for image-to-video without a caption.
+
+        ``candidates``: class ids, or prompts; by default every class of a class conditioner. ``seq`` as in
+        :meth:`log_likelihood`; ``batch_size`` rows (sequence × candidate) go through one forward.
+        """
+        if candidates is None:
+            if not isinstance(self.conditioner, ClassConditioner):
+                raise ValueError(f"candidates must list the prompts to weigh: this pipeline's "
+                                 f"{type(self.conditioner).__name__} has no fixed set of classes")
+            candidates = list(range(self.conditioner.null_class_id))
+        candidates = list(candidates)
+        if not candidates or not (all(isinstance(c, str) for c in candidates)
+                                  or all(isinstance(c, int) and not isinstance(c, bool) for c in candidates)):
+            raise ValueError(f"candidates must be a non-empty list of class ids or of prompts, got {candidates!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        key = "prompt" if isinstance(candidates[0], str) else "class_labels"
+        B, C = seq.shape[0], len(candidates)
+        rows = [(b, c) for b in range(B) for c in range(C)]
+        scores = []
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first : first + batch_size]
+            scores.append(self.log_likelihood(seq[[b for b, _ in chunk]], **{key: [candidates[c] for _, c in chunk]}))
+        return torch.cat(scores).view(B, C).log_softmax(-1)
 
     # ---- generation --------------------------------------------------------------------------------
     def _run(

@@ -154,20 +154,25 @@ def moving_shapes_adherence(pipe: ARPipeline, *, samples_per_class: int = 5, bat
 
 
 @torch.inference_mode()
-def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, conditioned: bool = False, batch_size: int = 42,
-                                 seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
+def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, conditioned: bool = False,
+                                 infer_class: bool = False, batch_size: int = 42, seed: int = 0,
+                                 **call_kwargs: Any) -> dict[str, Any]:
     """Image-to-video: held-out clips' first frames given, the rest generated without a condition (``conditioned=True``:
-    with the clip's class as the condition too, as text + image to video).
+    with the clip's class as the condition too, as text + image to video; ``infer_class=True``: with a class drawn
+    from the model's own posterior given the frame, :meth:`~pipelines.base.ARPipeline.class_posterior`, so the
+    frame stays the only source of what to keep).
 
     The first frame of each held-out clip, held still for the clip's length, is tokenized and its first latent
     frame given as ``prefill`` (the tokenizer is causal: that latent frame reads frame 0 alone, so it is the
     image's own tokens); the null class (or prompt) leaves the rest to the model unless ``conditioned``.
-    Sample i has its own generator seeded ``seed + i``. ``kept``: the share of generated clips whose shape and
+    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class). ``kept``: the share of generated clips whose shape and
     colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
     direction (any). Returns the clips ``[N, T, 3, H, W]`` in [-1, 1] too.
     """
     if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")
+    if conditioned and infer_class:
+        raise ValueError("pass conditioned=True (the clip's class given) or infer_class=True (drawn from the frame), not both")
     frames = pipe.tokenizer.num_frames_for(pipe.tokenizer.token_spec().shape[0])
     clips = MovingShapesDataset(size=pipe.tokenizer.cfg.image_size, num_frames=frames, length=NUM_VIDEO_CLASSES * clips_per_class,
                                 split="heldout", seed=seed)
@@ -177,7 +182,14 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
         chunk = list(range(first, min(first + batch_size, len(labels))))
         prefill = first_frame_prefill(pipe, clips.batch(chunk)["video"][:, 0])
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
-        asked = _asked(pipe, [labels[i] for i in chunk], VIDEO_CAPTIONS) if conditioned else {"num_samples_per_prompt": len(chunk)}
+        if infer_class:
+            candidates = None if isinstance(pipe.conditioner, ClassConditioner) else list(VIDEO_CAPTIONS)
+            posterior_BC = pipe.class_posterior(prefill, candidates=candidates).exp()
+            drawn = [int(torch.multinomial(p_C, 1, generator=torch.Generator().manual_seed(seed + i)))
+                     for p_C, i in zip(posterior_BC, chunk)]
+            asked = _asked(pipe, drawn, VIDEO_CAPTIONS)
+        else:
+            asked = _asked(pipe, [labels[i] for i in chunk], VIDEO_CAPTIONS) if conditioned else {"num_samples_per_prompt": len(chunk)}
         samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
     videos_NTCHW = torch.cat(samples) * 2 - 1
     judged = judge_moving_shapes(videos_NTCHW)

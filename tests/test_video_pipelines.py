@@ -199,6 +199,26 @@ def test_image_to_video_evaluation_with_and_without_the_class():
     assert not torch.equal(free["videos"], asked["videos"])  # the class is a condition only when asked for
 
 
+def test_image_to_video_can_draw_the_class_from_the_models_posterior_given_the_frame(monkeypatch):
+    from pipelines import moving_shapes_image_to_video
+
+    pipe = _pipe("next-token")
+    inferred = moving_shapes_image_to_video(pipe, clips_per_class=1, infer_class=True, batch_size=84)
+    assert inferred["videos"].shape == (NUM_VIDEO_CLASSES, FRAMES, 3, SIZE, SIZE)
+    weighed = []
+
+    def certain(prefill, *, candidates=None):  # a posterior sure of each clip's own class
+        weighed.append(prefill.shape[0])
+        return torch.eye(NUM_VIDEO_CLASSES)[: prefill.shape[0]].log()
+
+    monkeypatch.setattr(pipe, "class_posterior", certain)
+    sure = moving_shapes_image_to_video(pipe, clips_per_class=1, infer_class=True, batch_size=84)
+    asked = moving_shapes_image_to_video(pipe, clips_per_class=1, conditioned=True, batch_size=84)
+    assert weighed == [NUM_VIDEO_CLASSES] and torch.equal(sure["videos"], asked["videos"])
+    with pytest.raises(ValueError, match="not both"):
+        moving_shapes_image_to_video(pipe, clips_per_class=1, conditioned=True, infer_class=True)
+
+
 def test_a_video_grid_takes_frame_token_or_image_entities_only():
     conditioner = ClassConditioner(ClassConditioner.config_class(dim=GPT["dim"], num_classes=NUM_VIDEO_CLASSES))
     with pytest.raises(ValueError, match="a \\(t, h, w\\) token grid \\(video\\) takes entity 'frame', 'token', 'image' or 'scale'; got entity='cell'"):
@@ -250,7 +270,7 @@ def test_train_a_video_tokenizer_then_a_generator_then_generate_gif_and_mp4(tmp_
     evaluated = json.loads((tmp_path / "gen" / "eval.json").read_text())["eval"]
     assert evaluated["num_samples"] == NUM_VIDEO_CLASSES and 0.0 <= evaluated["adherence"] <= 1.0
     assert {"shape_right", "colour_right", "direction_right"} <= set(evaluated)
-    assert set(evaluated["image_to_video"]) == {"kept", "moving", "num_samples"}
+    assert set(evaluated["image_to_video"]) == set(evaluated["image_to_video_inferred"]) == {"kept", "moving", "num_samples"}
     long = evaluated["long_video"]
     assert long["num_frames"] == 4 * FRAMES and long["num_segments"] == 4 and long["num_samples"] == NUM_VIDEO_CLASSES
     gif = iio.imread(tmp_path / "gen" / "samples.gif", index=None)

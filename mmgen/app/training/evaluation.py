@@ -36,6 +36,7 @@ from mmgen.metrics import (
     volume_iou,
 )
 from mmgen.sampling import GuidanceSchedule
+from mmgen.tokens import DiscreteContent
 
 from .config import TrainConfig
 
@@ -314,7 +315,7 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
 
 def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any], *, out_dir: Path | None) -> dict[str, Any]:
     """Moving shapes: adherence over every class; for pipelines that take a ``prefill`` of a first frame, image-to-video (held-out
-    first frames given, no condition) and one video per class 4x the trained length (clips chained through their
+    first frames given, no condition; for id heads also with a class drawn from the model's posterior given the frame) and one video per class 4x the trained length (clips chained through their
     last frame). The first sample of each class as an animated GIF grid in ``out_dir``, the long videos too."""
     from pipelines import starts_with_the_first_frame
     from pipelines.evaluate import moving_shapes_adherence, moving_shapes_image_to_video, moving_shapes_long_video
@@ -329,6 +330,10 @@ def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any
         given = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed,
                                              **sampling)
         result["image_to_video"] = {name: given[name] for name in ("kept", "moving", "num_samples")}
+        if isinstance(pipe.head.content, DiscreteContent):  # a class drawn from the model's posterior given the frame
+            inferred = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, infer_class=True,
+                                                    batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
+            result["image_to_video_inferred"] = {name: inferred[name] for name in ("kept", "moving", "num_samples")}
         long = moving_shapes_long_video(pipe, samples_per_class=1, length_factor=LONG_VIDEO_FACTOR, batch_size=ev.batch_size,
                                         seed=cfg.seed, **kwargs)
         if out_dir is not None:
