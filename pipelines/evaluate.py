@@ -61,6 +61,7 @@ __all__ = ["shapes_adherence", "tones_adherence", "tones_continuation", "moving_
 # What a class leaves to chance: the attributes whose spread the samples of one class should keep.
 FREE_ATTRIBUTES = {"image": ("centre_x", "centre_y", "size"), "audio": ("loudness_db", "brightness")}
 VIDEO_CAPTIONS = tuple(video_caption(c) for c in range(NUM_VIDEO_CLASSES))
+TONE_CAPTIONS = tuple(tone_caption(c) for c in range(NUM_TONE_CLASSES))
 
 
 @torch.inference_mode()
@@ -91,6 +92,22 @@ def _asked(pipe: ARPipeline, labels: Sequence[int], captions: Sequence[str]) -> 
     if isinstance(pipe.conditioner, ClassConditioner):
         return {"class_labels": list(labels)}
     return {"prompt": [captions[c] for c in labels]}
+
+
+def _call_condition(pipe: ARPipeline, prefill: torch.Tensor, labels: Sequence[int], captions: Sequence[str], *,
+                    conditioned: bool, infer_class: bool, seeds: Sequence[int]) -> dict[str, Any]:
+    """The condition of a call that continues ``prefill``: the null one, the clips' own classes ``labels``
+    (``conditioned``), or (``infer_class``) one class per row drawn from the model's posterior given the prefill
+    (:meth:`~pipelines.base.ARPipeline.class_posterior`) with a generator seeded from ``seeds``."""
+    if conditioned and infer_class:
+        raise ValueError("pass conditioned=True (the clip's class given) or infer_class=True (drawn from the prompt), not both")
+    if infer_class:
+        candidates = None if isinstance(pipe.conditioner, ClassConditioner) else list(captions)
+        posterior_BC = pipe.class_posterior(prefill, candidates=candidates).exp()
+        labels = [int(torch.multinomial(p_C, 1, generator=torch.Generator().manual_seed(s))) for p_C, s in zip(posterior_BC, seeds)]
+    elif not conditioned:
+        return {"num_samples_per_prompt": prefill.shape[0]}
+    return _asked(pipe, labels, captions)
 
 
 def _adherence(judged: list[tuple[Any, ...]], labels: list[int], parts: Callable[[int], tuple[Any, ...]], *,
@@ -128,7 +145,7 @@ def tones_adherence(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size
     Returns ``adherence`` (kind and root both right), the kind- and root-only rates, per-class adherence,
     seconds per clip, and the clips ``[N, 1, T]`` in [-1, 1] at ``sample_rate``.
     """
-    captions = [tone_caption(c) for c in range(NUM_TONE_CLASSES)]
+    captions = TONE_CAPTIONS
     audios, labels, seconds = class_samples(pipe, captions=captions, samples_per_class=samples_per_class,
                                             batch_size=batch_size, seed=seed, **call_kwargs)
     audio_N1T = audios[:, None]
@@ -165,14 +182,12 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
     The first frame of each held-out clip, held still for the clip's length, is tokenized and its first latent
     frame given as ``prefill`` (the tokenizer is causal: that latent frame reads frame 0 alone, so it is the
     image's own tokens); the null class (or prompt) leaves the rest to the model unless ``conditioned``.
-    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class). ``kept``: the share of generated clips whose shape and
-    colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
+    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class).
+    ``kept``: the share of generated clips whose shape and colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
     direction (any). Returns the clips ``[N, T, 3, H, W]`` in [-1, 1] too.
     """
     if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")
-    if conditioned and infer_class:
-        raise ValueError("pass conditioned=True (the clip's class given) or infer_class=True (drawn from the frame), not both")
     frames = pipe.tokenizer.num_frames_for(pipe.tokenizer.token_spec().shape[0])
     clips = MovingShapesDataset(size=pipe.tokenizer.cfg.image_size, num_frames=frames, length=NUM_VIDEO_CLASSES * clips_per_class,
                                 split="heldout", seed=seed)
@@ -182,14 +197,8 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
         chunk = list(range(first, min(first + batch_size, len(labels))))
         prefill = first_frame_prefill(pipe, clips.batch(chunk)["video"][:, 0])
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
-        if infer_class:
-            candidates = None if isinstance(pipe.conditioner, ClassConditioner) else list(VIDEO_CAPTIONS)
-            posterior_BC = pipe.class_posterior(prefill, candidates=candidates).exp()
-            drawn = [int(torch.multinomial(p_C, 1, generator=torch.Generator().manual_seed(seed + i)))
-                     for p_C, i in zip(posterior_BC, chunk)]
-            asked = _asked(pipe, drawn, VIDEO_CAPTIONS)
-        else:
-            asked = _asked(pipe, [labels[i] for i in chunk], VIDEO_CAPTIONS) if conditioned else {"num_samples_per_prompt": len(chunk)}
+        asked = _call_condition(pipe, prefill, [labels[i] for i in chunk], VIDEO_CAPTIONS, conditioned=conditioned,
+                                infer_class=infer_class, seeds=[seed + i for i in chunk])
         samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
     videos_NTCHW = torch.cat(samples) * 2 - 1
     judged = judge_moving_shapes(videos_NTCHW)
@@ -251,13 +260,15 @@ def primitives_adherence(pipe: ARPipeline, *, samples_per_class: int = 20, batch
 
 
 def tones_continuation(pipe: ARPipeline, *, clips_per_class: int = 10, prompt_seconds: float = 0.25, conditioned: bool = False,
-                       batch_size: int = 28, seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
+                       infer_class: bool = False, batch_size: int = 28, seed: int = 0, **call_kwargs: Any) -> dict[str, Any]:
     """Continue held-out tones clips from their first ``prompt_seconds`` and judge whether the class is kept.
 
     Each clip is tokenized, the sequence positions of its first ``round(prompt_seconds · frame_rate)``
     frames are given as ``prefill`` and the rest is generated: without a condition (the null class or
-    prompt; ``conditioned=True`` also asks for the clip's class), so only the prompt says what to continue.
-    Sample i has its own generator seeded ``seed + i``. Returns the adherence of the whole generated
+    prompt; ``conditioned=True`` also asks for the clip's class), so only the prompt says what to continue;
+    ``infer_class=True`` asks for a class drawn from the model's own posterior given the prompt's tokens
+    (:meth:`~pipelines.base.ARPipeline.class_posterior`), which only the prompt informs either.
+    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class). Returns the adherence of the whole generated
     clip to the prompt clip's class (and the kind- and root-only rates), as :func:`tones_adherence`.
     """
     if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
@@ -277,7 +288,8 @@ def tones_continuation(pipe: ARPipeline, *, clips_per_class: int = 10, prompt_se
         sequence = pipe.tokenize(clips.batch(chunk)["audio"])
         per_frame = sequence.shape[1] // tokenizer.token_spec().shape[0]  # K for a flattened frame, else 1 (delay too)
         prefill = sequence[:, :frames * per_frame]
-        asked = {"class_labels": [labels[i] for i in chunk]} if conditioned else {"num_samples_per_prompt": len(chunk)}
+        asked = _call_condition(pipe, prefill, [labels[i] for i in chunk], TONE_CAPTIONS, conditioned=conditioned,
+                                infer_class=infer_class, seeds=[seed + i for i in chunk])
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
         samples.append(pipe(**asked, prefill=prefill, generator=generators, output_type="pt", return_dict=False, **call_kwargs)[0])
     audio_N1T = torch.cat(samples)[:, None]

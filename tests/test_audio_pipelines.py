@@ -108,6 +108,22 @@ def test_tones_continuation_judges_whole_clips_continued_from_a_prompt():
         tones_continuation(pipe, clips_per_class=1, prompt_seconds=JUDGED_CLIP / SR)
 
 
+def test_continuation_can_draw_the_class_from_the_models_posterior_given_the_prompt(monkeypatch):
+    from pipelines import tones_continuation
+
+    pipe = _pipe("rvq", codebook_pattern="delay")
+    inferred = tones_continuation(pipe, clips_per_class=1, prompt_seconds=0.05, infer_class=True)
+    assert inferred["audios"].shape == (NUM_TONE_CLASSES, 1, JUDGED_CLIP)
+    labels = [TonesDataset(length=NUM_TONE_CLASSES, split="heldout", seconds=JUDGED_CLIP / SR)[i]["class_id"]
+              for i in range(NUM_TONE_CLASSES)]
+    monkeypatch.setattr(pipe, "class_posterior", lambda prefill, *, candidates=None: torch.eye(NUM_TONE_CLASSES)[labels].log())
+    sure = tones_continuation(pipe, clips_per_class=1, prompt_seconds=0.05, infer_class=True)
+    asked = tones_continuation(pipe, clips_per_class=1, prompt_seconds=0.05, conditioned=True)
+    assert torch.equal(sure["audios"], asked["audios"])  # a certain posterior asks for the clips' own classes
+    with pytest.raises(ValueError, match="not both"):
+        tones_continuation(pipe, clips_per_class=1, prompt_seconds=0.05, conditioned=True, infer_class=True)
+
+
 # ---- trainer and CLI -----------------------------------------------------------------------------------
 def _write(path: Path, values: dict) -> Path:
     path.write_text(yaml.safe_dump(values))
@@ -146,6 +162,7 @@ def test_generator_training_reports_tones_adherence_and_writes_wavs(trained):
     report = json.loads((trained["gen"] / "eval.json").read_text())["eval"]
     assert report["num_samples"] == NUM_TONE_CLASSES and 0.0 <= report["adherence"] <= 1.0
     assert 0.0 <= report["continuation"]["adherence"] <= 1.0
+    assert 0.0 <= report["continuation_inferred"]["adherence"] <= 1.0
     wavs = sorted((trained["gen"] / "samples").glob("*.wav"))
     assert len(wavs) == NUM_TONE_CLASSES
     audio, rate = soundfile.read(str(wavs[0]))

@@ -280,7 +280,8 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
     ``samples_per_class`` samples of each class of the built-in set (shapes or tones); a grid PNG (shapes) or
     one WAV per class (tones) in ``out_dir``. A tones pipeline that takes a ``prefill`` also reports
     ``continuation`` (:func:`pipelines.evaluate.tones_continuation`: held-out clips continued from their first
-    0.25 s, or a quarter of a shorter clip, without a condition, ``samples_per_class`` per class)."""
+    0.25 s, or a quarter of a shorter clip, without a condition, ``samples_per_class`` per class) and, for id
+    heads, ``continuation_inferred`` (the same with a class drawn from the model's posterior given the prompt)."""
     from pipelines.evaluate import generation_quality, tones_continuation
 
     ev = cfg.eval
@@ -306,6 +307,11 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
             continued = tones_continuation(pipe, clips_per_class=ev.samples_per_class, prompt_seconds=prompt_seconds,
                                            batch_size=ev.batch_size, seed=cfg.seed, **sampling)
             result["continuation"] = {name: continued[name] for name in ("adherence", "kind_right", "root_right", "prompt_seconds")}
+            if isinstance(pipe.head.content, DiscreteContent):  # a class drawn from the model's posterior given the prompt
+                inferred = tones_continuation(pipe, clips_per_class=ev.samples_per_class, prompt_seconds=prompt_seconds,
+                                              infer_class=True, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
+                result["continuation_inferred"] = {name: inferred[name]
+                                                   for name in ("adherence", "kind_right", "root_right", "prompt_seconds")}
         return result
     images = result.pop("images")
     if out_dir is not None:
