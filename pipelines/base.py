@@ -259,6 +259,9 @@ class ARPipeline(DiffusionPipeline):
         if not isinstance(seq, torch.Tensor) or seq.dim() < 2 or seq.shape[1] < 1:
             got = tuple(seq.shape) if isinstance(seq, torch.Tensor) else type(seq).__name__
             raise ValueError(f"seq must be a tensor [B, m, ...] of known tokens from the start of a sequence, got {got}")
+        if class_labels is None and prompt is None:
+            raise ValueError("log_likelihood needs one condition per row: pass class_labels (the null class id allowed) "
+                             "or prompt ('' is the null prompt)")
         B, m = seq.shape[:2]
         cond = self.conditioner.training_condition(class_labels=class_labels, prompt=prompt, batch_size=B, cond_drop_prob=0.0)
         program = self.program(start_inputs=cond.start_R1D)
