@@ -249,16 +249,14 @@ class ARPipeline(DiffusionPipeline):
                        prompt: Sequence[str] | None = None) -> torch.Tensor:
         """``log p(seq | condition)`` per row ``[B]`` in nats, by one teacher-forced forward (no guidance).
 
-        ``seq``: a sequence from :meth:`tokenize`, or its first positions (whole groups, what ``prefill``
-        takes); only those are scored, the causal GPT never lets later positions change them. One condition
+        ``seq``: a sequence from :meth:`tokenize`, or its first positions (what ``prefill`` takes); only those
+        are scored, the causal GPT never lets later positions change them. One condition
         per row: ``class_labels`` (the null class id allowed) or ``prompt`` (``""`` is the null prompt).
         """
         if isinstance(self.head.content, ContinuousContent):
             raise ValueError(f"log_likelihood scores ids; this pipeline's {type(self.head).__name__} draws continuous "
                              f"latents, which have no exact likelihood here")
-        if not isinstance(seq, torch.Tensor) or seq.dim() < 2 or seq.shape[1] < 1:
-            got = tuple(seq.shape) if isinstance(seq, torch.Tensor) else type(seq).__name__
-            raise ValueError(f"seq must be a tensor [B, m, ...] of known tokens from the start of a sequence, got {got}")
+        _check_known(seq)
         if class_labels is None and prompt is None:
             raise ValueError("log_likelihood needs one condition per row: pass class_labels (the null class id allowed) "
                              "or prompt ('' is the null prompt)")
@@ -297,6 +295,7 @@ class ARPipeline(DiffusionPipeline):
             raise ValueError(f"candidates must be a non-empty list of class ids or of prompts, got {candidates!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_known(seq)
         key = "prompt" if isinstance(candidates[0], str) else "class_labels"
         B, C = seq.shape[0], len(candidates)
         rows = [(b, c) for b in range(B) for c in range(C)]
@@ -474,6 +473,13 @@ def _with_guidance(sampling: SamplingConfig, guidance_scale: float | GuidanceSch
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise TypeError(f"guidance_scale must be a number or an mmgen.GuidanceSchedule, got {guidance_scale!r}")
     return replace(sampling, guidance_scale=float(guidance_scale))
+
+
+def _check_known(seq: torch.Tensor) -> None:
+    """Known tokens to score: a tensor ``[B, m, ...]`` with at least one position."""
+    if not isinstance(seq, torch.Tensor) or seq.dim() < 2 or seq.shape[1] < 1:
+        got = tuple(seq.shape) if isinstance(seq, torch.Tensor) else type(seq).__name__
+        raise ValueError(f"seq must be a tensor [B, m, ...] of known tokens from the start of a sequence, got {got}")
 
 
 def _check_ids(content: TokenContent, tokens: torch.Tensor, *, name: str) -> None:

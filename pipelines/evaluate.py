@@ -145,8 +145,7 @@ def tones_adherence(pipe: ARPipeline, *, samples_per_class: int = 10, batch_size
     Returns ``adherence`` (kind and root both right), the kind- and root-only rates, per-class adherence,
     seconds per clip, and the clips ``[N, 1, T]`` in [-1, 1] at ``sample_rate``.
     """
-    captions = TONE_CAPTIONS
-    audios, labels, seconds = class_samples(pipe, captions=captions, samples_per_class=samples_per_class,
+    audios, labels, seconds = class_samples(pipe, captions=TONE_CAPTIONS, samples_per_class=samples_per_class,
                                             batch_size=batch_size, seed=seed, **call_kwargs)
     audio_N1T = audios[:, None]
     rate = int(pipe.tokenizer.sample_rate)
@@ -183,8 +182,9 @@ def moving_shapes_image_to_video(pipe: ARPipeline, *, clips_per_class: int = 5, 
     frame given as ``prefill`` (the tokenizer is causal: that latent frame reads frame 0 alone, so it is the
     image's own tokens); the null class (or prompt) leaves the rest to the model unless ``conditioned``.
     Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class).
-    ``kept``: the share of generated clips whose shape and colour, judged over the whole clip, are the given frame's; ``moving``: the share with a readable
-    direction (any). Returns the clips ``[N, T, 3, H, W]`` in [-1, 1] too.
+    ``kept``: the share of generated clips whose shape and colour, judged over the whole clip, are the given
+    frame's; ``moving``: the share with a readable direction (any). Returns the clips ``[N, T, 3, H, W]`` in
+    [-1, 1] too.
     """
     if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")
@@ -268,8 +268,9 @@ def tones_continuation(pipe: ARPipeline, *, clips_per_class: int = 10, prompt_se
     prompt; ``conditioned=True`` also asks for the clip's class), so only the prompt says what to continue;
     ``infer_class=True`` asks for a class drawn from the model's own posterior given the prompt's tokens
     (:meth:`~pipelines.base.ARPipeline.class_posterior`), which only the prompt informs either.
-    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class). Returns the adherence of the whole generated
-    clip to the prompt clip's class (and the kind- and root-only rates), as :func:`tones_adherence`.
+    Sample i has its own generator seeded ``seed + i`` (and one more, seeded alike, draws its inferred class).
+    Returns the adherence of the whole generated clip to the prompt clip's class (and the kind- and root-only
+    rates), as :func:`tones_adherence`.
     """
     if isinstance(clips_per_class, bool) or not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise ValueError(f"clips_per_class must be a positive int, got {clips_per_class!r}")

@@ -563,6 +563,8 @@ ROWS = [
         ValueError, "candidates must list the prompts to weigh: this pipeline's ByteTextConditioner has no fixed set of classes"),
     api("class_posterior: class ids and prompts mixed", lambda p: p.nt.class_posterior(_long(1, 4), candidates=[0, "a"]),
         ValueError, "candidates must be a non-empty list of class ids or of prompts, got [0, 'a']"),
+    api("class_posterior: a list for seq", lambda p: p.nt.class_posterior([[0, 1]]),
+        ValueError, "seq must be a tensor [B, m, ...] of known tokens from the start of a sequence, got list"),
     api("class_posterior: batch_size 0", lambda p: p.nt.class_posterior(_long(1, 4), batch_size=0),
         ValueError, "batch_size must be a positive int, got 0"),
     api("NextToken(): a callback that is not callable", lambda p: p.nt(class_labels=[0], callback_on_step_end=5),
