@@ -243,6 +243,11 @@ class ARPipeline(DiffusionPipeline):
         hidden = teacher_hidden(self.gpt, cond, teacher.inputs_BLD, teacher.layout)
         return self.head.loss(hidden, teacher.targets, mask=teacher.mask, generator=generator)
 
+    def _check_known_ids(self, tokens: torch.Tensor, *, name: str, **options: Any) -> None:
+        """Known sequence tokens (a prefill, tokens to score) must be valid ids of what the GPT's inputs take."""
+        plan = self.plan(self.tokenizer, **self.plan_options(), **options)
+        _check_ids(plan.input_content or plan.content, tokens, name=name)
+
     # ---- scoring -----------------------------------------------------------------------------------
     @torch.no_grad()
     def log_likelihood(self, seq: torch.Tensor, *, class_labels: torch.Tensor | Sequence[int] | None = None,
@@ -266,8 +271,7 @@ class ARPipeline(DiffusionPipeline):
         length = program.num_positions
         if m > length:
             raise ValueError(f"seq holds {m} positions; this pipeline's sequences have {length}")
-        plan = self.plan(self.tokenizer, **self.plan_options())
-        _check_ids(plan.input_content or plan.content, seq, name="seq")
+        self._check_known_ids(seq, name="seq")
         padded = torch.cat([seq, seq.new_zeros((B, length - m, *seq.shape[2:]))], dim=1)  # id 0: any valid id
         teacher = program.teacher(padded)
         known_BL = (torch.arange(length, device=seq.device) < m).expand(B, length)
@@ -342,8 +346,7 @@ class ARPipeline(DiffusionPipeline):
         options = options or {}
         program = self.program(start_inputs=cond.start_R1D, **options)
         if isinstance(prefill, torch.Tensor):  # anything else: generate's own error
-            plan = self.plan(self.tokenizer, **self.plan_options(), **options)
-            _check_ids(plan.input_content or plan.content, prefill, name="prefill")
+            self._check_known_ids(prefill, name="prefill", **options)
         seeds_B = draw_seeds(generator, cond.batch_size)
 
         def callback(step: int, tokens: torch.Tensor) -> torch.Tensor | None:

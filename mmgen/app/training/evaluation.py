@@ -273,6 +273,8 @@ def evaluate_tokenizer(tok: torch.nn.Module, cfg: TrainConfig) -> dict[str, Any]
 
 CONTINUATION_PROMPT_SECONDS = 0.25  # the issue's prompt: a clip's first quarter second
 LONG_VIDEO_FACTOR = 4  # long videos: 4x the clip length a video pipeline was trained on
+CONTINUATION_FIELDS = ("adherence", "kind_right", "root_right", "prompt_seconds")
+IMAGE_TO_VIDEO_FIELDS = ("kept", "moving", "num_samples")
 
 
 def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = None) -> dict[str, Any]:
@@ -306,12 +308,11 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
             prompt_seconds = min(CONTINUATION_PROMPT_SECONDS, cfg.data.clip_seconds / 4)  # a tiny test clip gets a quarter
             continued = tones_continuation(pipe, clips_per_class=ev.samples_per_class, prompt_seconds=prompt_seconds,
                                            batch_size=ev.batch_size, seed=cfg.seed, **sampling)
-            result["continuation"] = {name: continued[name] for name in ("adherence", "kind_right", "root_right", "prompt_seconds")}
+            result["continuation"] = {name: continued[name] for name in CONTINUATION_FIELDS}
             if isinstance(pipe.head.content, DiscreteContent):  # a class drawn from the model's posterior given the prompt
                 inferred = tones_continuation(pipe, clips_per_class=ev.samples_per_class, prompt_seconds=prompt_seconds,
                                               infer_class=True, batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
-                result["continuation_inferred"] = {name: inferred[name]
-                                                   for name in ("adherence", "kind_right", "root_right", "prompt_seconds")}
+                result["continuation_inferred"] = {name: inferred[name] for name in CONTINUATION_FIELDS}
         return result
     images = result.pop("images")
     if out_dir is not None:
@@ -321,8 +322,9 @@ def evaluate_generator(pipe: Any, cfg: TrainConfig, *, out_dir: Path | None = No
 
 def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any], *, out_dir: Path | None) -> dict[str, Any]:
     """Moving shapes: adherence over every class; for pipelines that take a ``prefill`` of a first frame, image-to-video (held-out
-    first frames given, no condition; for id heads also with a class drawn from the model's posterior given the frame) and one video per class 4x the trained length (clips chained through their
-    last frame). The first sample of each class as an animated GIF grid in ``out_dir``, the long videos too."""
+    first frames given, no condition; for id heads also with a class drawn from the model's posterior given the frame)
+    and one video per class 4x the trained length (clips chained through their last frame). The first sample of each
+    class as an animated GIF grid in ``out_dir``, the long videos too."""
     from pipelines import starts_with_the_first_frame
     from pipelines.evaluate import moving_shapes_adherence, moving_shapes_image_to_video, moving_shapes_long_video
 
@@ -335,11 +337,11 @@ def _evaluate_video_generator(pipe: Any, cfg: TrainConfig, kwargs: dict[str, Any
         sampling = {name: value for name, value in kwargs.items() if name != "guidance_scale"}
         given = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, batch_size=ev.batch_size, seed=cfg.seed,
                                              **sampling)
-        result["image_to_video"] = {name: given[name] for name in ("kept", "moving", "num_samples")}
+        result["image_to_video"] = {name: given[name] for name in IMAGE_TO_VIDEO_FIELDS}
         if isinstance(pipe.head.content, DiscreteContent):  # a class drawn from the model's posterior given the frame
             inferred = moving_shapes_image_to_video(pipe, clips_per_class=ev.samples_per_class, infer_class=True,
                                                     batch_size=ev.batch_size, seed=cfg.seed, **kwargs)
-            result["image_to_video_inferred"] = {name: inferred[name] for name in ("kept", "moving", "num_samples")}
+            result["image_to_video_inferred"] = {name: inferred[name] for name in IMAGE_TO_VIDEO_FIELDS}
         long = moving_shapes_long_video(pipe, samples_per_class=1, length_factor=LONG_VIDEO_FACTOR, batch_size=ev.batch_size,
                                         seed=cfg.seed, **kwargs)
         if out_dir is not None:
