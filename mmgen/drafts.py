@@ -212,6 +212,9 @@ class RecycledDraft(_LastKept):
         return DraftTree(torch.tensor(tokens, dtype=torch.long, device=like.device), self.parents, valid.to(like.device))
 
     def observe(self, step: VerifiedStep) -> None:
+        self._keep_last(step.accepted)
+        if step.topk is None:  # a plain step the source was not asked for: nothing to learn from
+            return
         inputs = _as_tokens(step.inputs)
         ranked = step.topk.tolist() if step.topk.dim() == 3 else [[[tuple(c) for c in pos] for pos in row]
                                                                   for row in step.topk.tolist()]
@@ -220,7 +223,6 @@ class RecycledDraft(_LastKept):
             for t in range(0 if step.root_input_known else 1, len(inputs[b])):
                 if valid[b][t]:
                     self.table[inputs[b][t]] = ranked[b][t]
-        self._keep_last(step.accepted)
 
     def end(self, sequences: torch.Tensor, valid: torch.Tensor) -> None:
         return None

@@ -461,7 +461,8 @@ class GPT(PretrainedModel):
             mask = _causal_mask(start, T, inputs_embeds.device)
         else:
             coords = layout.coords[:, start : start + T].to(inputs_embeds.device)
-            mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
+            mask = None if attention_mask is not None else \
+                layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
         if attention_mask is not None:
             mask = _check_mask_override(attention_mask, B, T, start).to(inputs_embeds.device)[:, None]
         positions = torch.arange(start, start + T, device=inputs_embeds.device) if self.position_embeddings is not None else None

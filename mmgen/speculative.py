@@ -25,12 +25,14 @@ slot (next-token over images and audio frames, octrees by token):
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 
 from .conditioning import Conditioning
+from .draft_gate import DraftGate
 from .generation import Decoder, GroupRequest, Program, _begin
 from .gpt import GPT
 from .heads import CategoricalHead, Head
@@ -93,15 +95,16 @@ class VerifiedStep:
 
     ``accepted`` ``[B, m]`` (``[B, m, D]``): the tokens kept this step (the same m for every row);
     ``targets`` ``[B, 1 + N]``: the target's draw at every position; ``inputs`` ``[B, 1 + N]``: the token
-    each position's slot was fed (the root: the last kept token; then the candidates); ``topk``
-    ``[B, 1 + N, k]`` (``[..., k, D]``): the target's most likely next tokens there, when the source
-    asked for them; ``valid`` ``[B, 1 + N]``: the positions that exist per row; ``root_input_known``: False on
-    the first step (the root was fed the start input, not a token).
+    each position's slot was fed (the root: the last kept token; then the candidates), None on a plain
+    step without ``topk``; ``topk`` ``[B, 1 + N, k]`` (``[..., k, D]``): the target's most likely next
+    tokens there, when the source wants them and was asked for a draft this step (None on the plain
+    steps of a gate); ``valid`` ``[B, 1 + N]``: the positions that exist per row; ``root_input_known``:
+    False on the first step (the root was fed the start input, not a token).
     """
 
     accepted: torch.Tensor
     targets: torch.Tensor
-    inputs: torch.Tensor
+    inputs: torch.Tensor | None
     valid: torch.Tensor
     tree: DraftTree | None
     topk: torch.Tensor | None
@@ -165,11 +168,10 @@ def _node_slots(program: Program, state: Any, root: GroupRequest, tree: DraftTre
     if slots is None:
         slots = _forked_slots(program, state, root, tree)
     inputs, coords, valid = slots
-    valid = valid.to(root.valid_Bn.device) & tree.valid.to(root.valid_Bn.device)
-    parent_valid = [root.valid_Bn[:, 0]]
-    for i, parent in enumerate(tree.parents):  # a node exists where its parent does
-        parent_valid.append(valid[:, i] & parent_valid[parent + 1])
-    valid_BT = torch.stack(parent_valid, dim=1)
+    device = root.valid_Bn.device
+    valid_BT = torch.cat([root.valid_Bn[:, :1], valid.to(device) & tree.valid.to(device)], dim=1)
+    missing_BT = (~valid_BT).float() @ _ancestors(tree.parents).to(device).T.float()
+    valid_BT = missing_BT == 0  # a node exists where it and every ancestor (the root too) do
     request = GroupRequest(inputs_BnD=torch.cat([root.inputs_BnD, inputs.to(root.inputs_BnD.dtype)], dim=1),
                            coords_BnC=torch.cat([root.coords_BnC.float(), coords.float()], dim=1), valid_Bn=valid_BT)
     return request, valid_BT
@@ -198,13 +200,21 @@ def _forked_slots(program: Program, state: Any, root: GroupRequest,
     return torch.cat(inputs, dim=1), torch.cat(coords, dim=1), torch.stack(valid, dim=1)
 
 
+@functools.lru_cache(maxsize=64)
+def _ancestors(parents: tuple[int, ...]) -> torch.Tensor:
+    """``[T, T]`` bool over the root (0) and the nodes (1 + i): row t marks t and its ancestors (a source's trees repeat)."""
+    T = len(parents) + 1
+    ancestors = torch.eye(T, dtype=torch.bool)
+    for i, parent in enumerate(parents):
+        ancestors[i + 1] |= ancestors[parent + 1]
+    return ancestors
+
+
 def _tree_mask(decoder: Decoder, parents: tuple[int, ...], valid_BT: torch.Tensor, start: int) -> torch.Tensor:
     """Attention of the tree's queries ``[R, T, start + T]``: the cached keys, and each node's ancestors and itself."""
     T = len(parents) + 1
     device = decoder.layout.valid.device
-    ancestors = torch.eye(T, dtype=torch.bool)
-    for i, parent in enumerate(parents):
-        ancestors[i + 1] |= ancestors[parent + 1]
+    ancestors = _ancestors(parents)
     rows = decoder.rows
     repeat = rows // valid_BT.shape[0]
     tree_RTT = ancestors.to(device).unsqueeze(0) & valid_BT.to(device).repeat(repeat, 1).unsqueeze(1)
@@ -287,12 +297,17 @@ def generate_speculative(
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
     progress: Callable[[], None] | None = None,
     stats: DecodingStats | None = None,
+    gate: DraftGate | None = None,
 ) -> Any:
     """:func:`mmgen.generation.generate` with candidates from ``draft``: the same tokens, in fewer forwards.
 
-    The arguments are ``generate``'s, plus the draft source and an optional :class:`DecodingStats`
-    that counts forwards and tokens. The decoder's capacity grows by the largest tree the source proposes.
+    The arguments are ``generate``'s, plus the draft source, an optional :class:`DecodingStats` that
+    counts forwards and tokens, and an optional :class:`~mmgen.draft_gate.DraftGate` that takes plain
+    steps where drafting does not pay (None: the source is asked every step). The decoder's capacity
+    grows by the largest tree the source proposes.
     """
+    if gate is not None and not isinstance(gate, DraftGate):
+        raise TypeError(f"gate must be a mmgen.draft_gate.DraftGate or None, got {type(gate).__name__}")
     for name in ("begin", "propose", "observe", "end"):
         if not callable(getattr(draft, name, None)):
             raise TypeError(f"draft must be a draft source (mmgen.drafts) with {name}(), got {type(draft).__name__}")
@@ -309,7 +324,9 @@ def generate_speculative(
     try:
         while (request := program.next_group(state)) is not None:
             root = _one_slot(request)
-            tree = draft.propose() if not pending and last_B is not None else None
+            timed = gate is not None and not pending and last_B is not None  # not the step that feeds the prefix too
+            asked = not pending and last_B is not None and (not timed or gate.wants_draft())
+            tree = draft.propose() if asked else None
             start = decoder.next_position
             if tree is not None:
                 tree = tree.first(min(tree.size, decoder.layout.seq_len - start - 1))
@@ -322,32 +339,41 @@ def generate_speculative(
                 mask = _tree_mask(decoder, tree.parents, valid_BT, start)
             hidden = decoder.forward(pending + [request], attention_mask=mask)
             stats.forwards += 1
-            depths = [0] + ([] if tree is None else [d + 1 for d in tree.depths])
-            scales = [guidance.scale_at(step + d, program.num_steps) if cond.guided else 1.0 for d in range(max(depths) + 1)]
-            targets = _draw_targets(head, hidden, depths, sampling=sampling, scales=scales, seeds_B=seeds_B, slots_B=slots_B)
-            paths = _paths(tree, targets, valid_BT)
-            live = root.valid_Bn[:, 0].tolist()
-            m = min((len(p) for p, alive in zip(paths, live) if alive), default=1)
-            kept_BM = torch.tensor([p[:m] if len(p) >= m else p + [-1] * (m - len(p)) for p in paths], device=device)
-            accepted = targets.gather(1, kept_BM.clamp(min=0).view(B, m, *([1] * (targets.dim() - 2))).expand(B, m, *targets.shape[2:]))
-            state, kept = _accept(program, state, root, accepted, step, callback, slots_B, progress)
-            m = kept.shape[1]  # fewer than drawn where a callback replaced a token
-            decoder.keep(start, _kept_index(pending, kept_BM[:, :m]))
-            stats.tokens += m
-            if tree is not None:
+            if tree is None:  # a plain step, drawn as plain decoding draws it
+                scales = [guidance.scale_at(step, program.num_steps) if cond.guided else 1.0]
+                targets = head.sample(hidden, sampling=sampling, guidance_scale=scales[0], seeds_Bn=(seeds_B + slots_B).view(B, 1))
+                state, kept = _accept(program, state, root, targets, step, callback, slots_B, progress)
+                m = 1
+            else:
+                depths = [0] + [d + 1 for d in tree.depths]
+                scales = [guidance.scale_at(step + d, program.num_steps) if cond.guided else 1.0 for d in range(max(depths) + 1)]
+                targets = _draw_targets(head, hidden, depths, sampling=sampling, scales=scales, seeds_B=seeds_B, slots_B=slots_B)
+                paths = _paths(tree, targets, valid_BT)
+                live = root.valid_Bn[:, 0].tolist()
+                m = min((len(p) for p, alive in zip(paths, live) if alive), default=1)
+                kept_BM = torch.tensor([p[:m] if len(p) >= m else p + [-1] * (m - len(p)) for p in paths], device=device)
+                accepted = targets.gather(1, kept_BM.clamp(min=0).view(B, m, *([1] * (targets.dim() - 2))).expand(B, m, *targets.shape[2:]))
+                state, kept = _accept(program, state, root, accepted, step, callback, slots_B, progress)
+                m = kept.shape[1]  # fewer than drawn where a callback replaced a token
+                decoder.keep(start, _kept_index(pending, kept_BM[:, :m]))
                 stats.proposed += tree.size
                 stats.accepted += m - 1
-            inputs = targets.new_zeros(targets.shape)
-            if last_B is not None:
-                inputs[:, 0] = last_B
-            if tree is not None:
-                inputs[:, 1:] = tree.tokens.to(inputs.device)
-            topk = _topk(head, hidden, draft.topk, B=B, scale=scales[0]) if getattr(draft, "topk", 0) else None
+            stats.tokens += m
+            topk = _topk(head, hidden, draft.topk, B=B, scale=scales[0]) if asked and getattr(draft, "topk", 0) else None
+            inputs = None
+            if tree is not None or topk is not None:
+                inputs = targets.new_zeros(targets.shape)
+                if last_B is not None:
+                    inputs[:, 0] = last_B
+                if tree is not None:
+                    inputs[:, 1:] = tree.tokens.to(inputs.device)
             draft.observe(VerifiedStep(accepted=kept, targets=targets, inputs=inputs, valid=valid_BT, tree=tree,
                                        topk=topk, root_input_known=last_B is not None))
             last_B = kept[:, -1]
             pending = []
             step += m
+            if timed:
+                gate.end_step(tokens=m, drafted=tree is not None)
     finally:
         decoder.close()
     result = program.result(state)

@@ -27,6 +27,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from mmgen.conditioning import ClassConditioner, Conditioner
+from mmgen.draft_gate import DraftGate
 from mmgen.files import write_text_atomically
 from mmgen.drafts import JacobiDraft, ModelDraft, NGramDraft, RecycledDraft
 from mmgen.generation import draw_seeds, generate, teacher_hidden
@@ -326,8 +327,11 @@ class ARPipeline(DiffusionPipeline):
         options: dict[str, Any] | None = None,
         decoding: str | DraftSource | None = None,
         draft_model: ARPipeline | None = None,
+        gated: bool = True,
     ) -> Any:
         output_type = check_output_type(self.tokenizer.modality, output_type)
+        if not isinstance(gated, bool):
+            raise TypeError(f"gated must be a bool, got {gated!r}")
         decoding = _check_decoding(decoding, draft_model)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"callback_on_step_end must be None or a callable, got {type(callback_on_step_end).__name__}")
@@ -372,7 +376,8 @@ class ARPipeline(DiffusionPipeline):
                 draft = self._draft_source(decoding, draft_model, condition, sampling, seeds_B, options)
                 seq, _ = generate_speculative(self.gpt, self.head, program, cond, draft=draft, sampling=sampling,
                                               seeds_B=seeds_B, capacity=program.num_positions, prefill=prefill,
-                                              callback=callback, progress=bar.update, stats=self._new_decoding_stats())
+                                              callback=callback, progress=bar.update, stats=self._new_decoding_stats(),
+                                              gate=self._draft_gate(decoding) if gated else None)
         native = self.decode_sequence(seq, **options)
         decoded = None if output_type == "tokens" else self.tokenizer.decode(native)
         return make_output(self.tokenizer, decoded, native, output_type=output_type, return_dict=return_dict)
@@ -406,6 +411,14 @@ class ARPipeline(DiffusionPipeline):
         if decoding not in sources:
             sources[decoding] = NGramDraft() if decoding == "lookahead" else RecycledDraft()
         return sources[decoding]
+
+    def _draft_gate(self, decoding: str | DraftSource) -> DraftGate:
+        """The gate of a named source (or of a kind of source object), kept across calls: it learns what drafting pays here."""
+        gates = self.__dict__.setdefault("_draft_gates", {})
+        key = decoding if isinstance(decoding, str) else type(decoding)
+        if key not in gates:
+            gates[key] = DraftGate()
+        return gates[key]
 
     def _new_decoding_stats(self) -> DecodingStats:
         self.__dict__["_decoding_stats"] = DecodingStats()

@@ -126,6 +126,7 @@ class NextTokenPipeline(ARPipeline):
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         decoding: str | DraftSource | None = None,
         draft_model: NextTokenPipeline | None = None,
+        gated: bool = True,
     ) -> Any:
         """Generate token by token; one step (and one callback) per position.
 
@@ -133,7 +134,9 @@ class NextTokenPipeline(ARPipeline):
         (Token Recycling), ``"jacobi"`` or ``"draft"`` (with ``draft_model=``, a smaller pipeline of the same
         tokens) confirm several tokens per forward, or a source from :mod:`mmgen.drafts`. The tokens are
         the same as plain decoding's for the same seeds, at any temperature; ``pipe.decoding_stats`` counts
-        the forwards.
+        the forwards. ``gated`` (default): draft only while drafting gives more tokens per second
+        than plain steps, as measured while decoding (:class:`~mmgen.draft_gate.DraftGate`, one per source,
+        kept on the pipeline); False asks the source every step.
         ``num_tokens`` (prefix-decodable tokenizers only): stop after k ≤ N tokens and decode that prefix.
         ``prefill``: the first m tokens of every sample, known (``pipe.tokenize(x)[:, :m]``): generation
         continues them. ``guidance_scale`` is a number or a :class:`~mmgen.sampling.GuidanceSchedule`;
@@ -145,7 +148,7 @@ class NextTokenPipeline(ARPipeline):
                          sampling=sampling_options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, sampling=sampling),
                          generator=generator, output_type=output_type, return_dict=return_dict,
                          callback_on_step_end=callback_on_step_end, prefill=prefill, options=options,
-                         decoding=decoding, draft_model=draft_model)
+                         decoding=decoding, draft_model=draft_model, gated=gated)
 
 
 def _check_num_tokens(spec: TokenSpec, num_tokens: int) -> int:

@@ -45,8 +45,8 @@ def tokens(pipe, **kwargs) -> torch.Tensor:
 def test_every_source_gives_plain_decodings_tokens_for_images(decoding, temperature, guidance):
     pipe = image_pipe()
     plain = tokens(pipe, temperature=temperature, guidance_scale=guidance)
-    for _ in range(2):  # the second call starts from what the first taught the source
-        assert torch.equal(tokens(pipe, temperature=temperature, guidance_scale=guidance, decoding=decoding), plain)
+    for gated in (False, True):  # the second call starts from what the first taught the source
+        assert torch.equal(tokens(pipe, temperature=temperature, guidance_scale=guidance, decoding=decoding, gated=gated), plain)
     stats = pipe.decoding_stats
     assert stats.tokens == 16 and stats.forwards <= stats.tokens
 
@@ -69,7 +69,7 @@ def test_the_draft_model_itself_as_draft_confirms_whole_chains():
     twin.head.load_state_dict(pipe.head.state_dict())
     twin.conditioner.load_state_dict(pipe.conditioner.state_dict())
     plain = tokens(pipe, temperature=1.0)
-    assert torch.equal(tokens(pipe, temperature=1.0, decoding="draft", draft_model=twin), plain)
+    assert torch.equal(tokens(pipe, temperature=1.0, decoding="draft", draft_model=twin, gated=False), plain)
     stats = pipe.decoding_stats
     assert stats.forwards == 1 + -(-15 // 5)  # the first token alone, then 5 a forward (4 drafted + 1)
 
@@ -101,11 +101,11 @@ def test_right_candidates_are_confirmed_length_plus_one_per_forward_and_wrong_on
     plain = tokens(pipe, temperature=1.0)
     seq = pipe.to_sequence(pipe.tokenizer.to_positions(plain))
     calls = count_gpt_forwards(pipe)
-    assert torch.equal(tokens(pipe, temperature=1.0, decoding=Oracle(seq)), plain)
+    assert torch.equal(tokens(pipe, temperature=1.0, decoding=Oracle(seq), gated=False), plain)
     assert len(calls) == 1 + 3  # 1 + 5 + 5 + 5 = 16 tokens
     wrong = (seq + 1) % 32
     calls.clear()
-    assert torch.equal(tokens(pipe, temperature=1.0, decoding=Oracle(wrong)), plain)
+    assert torch.equal(tokens(pipe, temperature=1.0, decoding=Oracle(wrong), gated=False), plain)
     assert len(calls) == 16
 
 
