@@ -1,17 +1,25 @@
 """Speculative decoding vs plain decoding on the shipped next-token models, and the plain step vs transformers.
 
-For the shapes-32 image model and the tones audio model (CFG 3, batch 1, one sample per prompt, each
-with its own seed) the script runs plain decoding and every draft source at temperature 0 and 1, in
-one process, alternating, and prints per source: target-GPT forwards per sample, the draft model's
-forwards, the tokens one forward confirms (plain decoding's forwards / the source's), wall time per sample (median of the repeats) and the
-ratio plain / source, and whether the tokens equal plain decoding's (they must). The n-gram and
-recycling sources live on the pipeline, so they start from what earlier samples taught them (as in a
-long-running service); each repeat draws new seeds, so what they remember are other samples of the
-same prompts (at temperature 0 those are the same greedy samples: a repeated prompt). "lookahead-cold"
-is a new n-gram source per sample, which retrieves from the sample itself only. The figures are those of the last repeat (times: medians). The last table is the plain step against
-transformers' ``generate`` on one converted Llama, fp32 and bf16, with mmgen's step eager, compiled
-(``GPT.compile_decoding()`` and the head's) and compiled with frozen weights; then the shipped image model's plain
-decoding eager vs compiled.
+For the shapes-32 image model, the tones audio model and the octree model (CFG 3 or their card's, batch
+1, one sample per prompt, each with its own seed) the script runs plain decoding and every draft source
+at temperature 0 and 1, in one process, call by call in turn (so a slow spell of the machine hits every
+source alike), and prints per source: target-GPT forwards per sample, the draft model's forwards, the
+tokens one forward confirms (plain decoding's forwards / the source's), wall time per sample (median of
+all calls) and the ratio plain / source (the median over calls of plain's time over the source's for the same
+prompt and seed, run one after the other: the machine's speed drifts by tens of percent over seconds), and
+whether the tokens equal plain decoding's (they must).
+
+Each source runs twice: as a pipeline runs it by default, behind its :class:`~mmgen.draft_gate.DraftGate`
+(drafting only while it gives more tokens per second than plain steps, as measured while decoding), and
+"(every step)": asked for a draft at every step (``gated=False``), on a second copy of the pipeline so the
+two do not share what their sources remember. The n-gram and recycling sources live on the pipeline, so
+they start from what earlier samples taught them (as in a long-running service); each repeat draws new
+seeds, so what they remember are other samples of the same prompts (at temperature 0 those are the same
+greedy samples: a repeated prompt). "lookahead-cold" is a new n-gram source per sample, which retrieves
+from the sample itself only. Forward counts are those of the last repeat (times: medians). The last table
+is the plain step against transformers' ``generate`` on one converted Llama, fp32 and bf16, with mmgen's
+step eager, compiled (``GPT.compile_decoding()`` and the head's) and compiled with frozen weights; then the
+shipped image model's plain decoding eager vs compiled.
 
     python benchmarks/decoding.py --threads 1
     python benchmarks/decoding.py --threads 1 --quick     # 3 prompts, 1 repeat, no plain-step tables
@@ -41,6 +49,7 @@ MODELS = {  # name: (checkpoint, number of classes, draft checkpoint or None, gu
     "primitives octree by token (16^3)": (ROOT / "checkpoints/primitives/octree-token", 5, None, 2.0),
 }
 SOURCES = ("plain", "lookahead", "lookahead-cold", "recycling", "jacobi", "draft")
+UNGATED = " (every step)"  # suffix of a run whose source is asked every step (gated=False)
 
 
 def load(path: Path) -> NextTokenPipeline:
@@ -61,30 +70,48 @@ def count_forwards(pipe: NextTokenPipeline) -> list[int]:
     return calls
 
 
-def run_source(pipe, draft, classes, temperature, decoding, seed, guidance=3.0) -> tuple[float, list[torch.Tensor], int, int]:
-    """Wall seconds, tokens per prompt, target forwards and draft forwards for one pass over the prompts."""
+def run_call(pipes, draft, c, temperature, decoding, seed, guidance=3.0) -> tuple[float, torch.Tensor, int, int]:
+    """Wall seconds, tokens, target forwards and draft forwards of one call (``decoding`` may end in UNGATED).
+
+    ``pipes``: one pipeline, or a pair (gated runs, ungated runs), so the two keep their own sources.
+    """
+    gated = not decoding.endswith(UNGATED)
+    decoding = decoding.removesuffix(UNGATED)
+    pipe = pipes if not isinstance(pipes, tuple) else pipes[0 if gated else 1]
     target_calls = count_forwards(pipe)
     draft_calls = count_forwards(draft) if draft is not None else []
-    outs = []
+    extra = {"draft_model": draft} if decoding == "draft" else {}
+    if decoding != "plain":
+        extra["gated"] = gated
+    source = NGramDraft() if decoding == "lookahead-cold" else decoding  # cold: a new source, only the sample itself
     start = time.perf_counter()
-    for c in classes:
-        extra = {"draft_model": draft} if decoding == "draft" else {}
-        source = NGramDraft() if decoding == "lookahead-cold" else decoding  # cold: a new source, only the sample itself
-        outs.append(pipe(class_labels=[c], temperature=temperature, guidance_scale=guidance, output_type="tokens",
-                         generator=torch.Generator().manual_seed(seed + c), decoding=source, **extra).tokens)
+    out = pipe(class_labels=[c], temperature=temperature, guidance_scale=guidance, output_type="tokens",
+               generator=torch.Generator().manual_seed(seed + c), decoding=source, **extra).tokens
     seconds = time.perf_counter() - start
     del pipe.gpt.hidden_states  # the counting wrappers go: the class's method again
     if draft is not None:
         del draft.gpt.hidden_states
-    return seconds, outs, len(target_calls), len(draft_calls)
+    return seconds, out, len(target_calls), len(draft_calls)
+
+
+def run_source(pipes, draft, classes, temperature, decoding, seed, guidance=3.0) -> tuple[float, list[torch.Tensor], int, int]:
+    """Wall seconds, tokens per prompt, target forwards and draft forwards for one pass over the prompts."""
+    seconds, outs, forwards, draft_forwards = 0.0, [], 0, 0
+    for c in classes:
+        s, out, f, d = run_call(pipes, draft, c, temperature, decoding, seed, guidance)
+        seconds, forwards, draft_forwards = seconds + s, forwards + f, draft_forwards + d
+        outs.append(out)
+    return seconds, outs, forwards, draft_forwards
 
 
 def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path | None, guidance: float, prompts: int,
                       repeats: int) -> None:
     pipe = load(path)
+    pipes = (pipe, load(path))
     draft = load(draft_path) if draft_path is not None and draft_path.exists() else None
     classes = [round(i * num_classes / prompts) % num_classes for i in range(prompts)]
     sources = [s for s in SOURCES if s != "draft" or draft is not None]
+    sources += [s + UNGATED for s in sources if s != "plain"]
     positions = pipe.program().num_steps
     steps = "up to " if pipe.tokenizer.token_spec().octree_depth else ""  # an octree's length is its own
     print(f"\n### {name}: `{path.relative_to(ROOT)}`, {steps}{positions} steps a sample, {prompts} prompts, batch 1, "
@@ -92,24 +119,30 @@ def speculative_table(name: str, path: Path, num_classes: int, draft_path: Path 
     print("| T | decoding | target forwards / sample | draft forwards / sample | tokens / forward | ms / sample | plain / this | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
     for temperature in (0.0, 1.0):
-        for decoding in sources:  # warm-up: first calls, and the sources' first lessons
-            run_source(pipe, draft, classes[:1], temperature, decoding, seed=10_000, guidance=guidance)
-        times = {s: [] for s in sources}
+        for decoding in sources:  # warm-up: first calls, and the sources' (and their gates') first lessons
+            run_source(pipes, draft, classes[:1], temperature, decoding, seed=10_000, guidance=guidance)
+        seconds = {s: [] for s in sources}  # per call, in the order run: call i of every source is the same prompt and seed
         result = {}
         for repeat in range(repeats):  # new seeds each repeat: what a source remembers is other samples, not these
+            outs = {s: [] for s in sources}
+            forwards = {s: [0, 0] for s in sources}
+            for c in classes:  # call by call in turn, so a slow spell of the machine hits every source alike
+                for decoding in sources:
+                    sec, out, f, d = run_call(pipes, draft, c, temperature, decoding, seed=100 * repeat, guidance=guidance)
+                    seconds[decoding].append(sec)
+                    outs[decoding].append(out)
+                    forwards[decoding][0] += f
+                    forwards[decoding][1] += d
             for decoding in sources:
-                seconds, outs, forwards, draft_forwards = run_source(pipe, draft, classes, temperature, decoding, seed=100 * repeat,
-                                                                     guidance=guidance)
-                times[decoding].append(seconds)
-                result[decoding] = (outs, forwards, draft_forwards)
+                result[decoding] = (outs[decoding], *forwards[decoding])
         plain_outs = result["plain"][0]
-        plain_s = statistics.median(times["plain"])
         for decoding in sources:
             outs, forwards, draft_forwards = result[decoding]
-            s = statistics.median(times[decoding])
+            ratio = statistics.median(p / t for p, t in zip(seconds["plain"], seconds[decoding]))
             same = all(torch.equal(a, b) for a, b in zip(outs, plain_outs))
             print(f"| {temperature:g} | {decoding} | {forwards / prompts:.1f} | {draft_forwards / prompts:.1f} | "
-                  f"{result['plain'][1] / forwards:.2f} | {1000 * s / prompts:.0f} | {plain_s / s:.2f}x | {same} |", flush=True)
+                  f"{result['plain'][1] / forwards:.2f} | {1000 * statistics.median(seconds[decoding]):.0f} | {ratio:.2f}x | "
+                  f"{same} |", flush=True)
 
 
 def plain_step_table(repeats: int) -> None:
@@ -183,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--prompts", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 prompts, 1 repeat, no plain-step tables")
     parser.add_argument("--only-plain-step", action="store_true", help="only the plain-step tables")
     parser.add_argument("--models", nargs="+", default=None, help="only the models whose name holds one of these words")
