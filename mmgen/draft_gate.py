@@ -20,13 +20,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from .tokens import _check_positive
+
 __all__ = ["DraftGate"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class _Mean:
@@ -62,10 +58,11 @@ class DraftGate:
                 raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
             raise ValueError(f"margin must be a positive number (1: draft whenever it is the faster), got {margin!r}")
-        self.probe_length = _positive_int("probe_length", probe_length)
-        self.probe_every = _positive_int("probe_every", probe_every)
-        self.max_probe_every = _positive_int("max_probe_every", max_probe_every)
-        self.refresh_every = _positive_int("refresh_every", refresh_every)
+        for name, value in (("probe_length", probe_length), ("probe_every", probe_every),
+                            ("max_probe_every", max_probe_every), ("refresh_every", refresh_every)):
+            _check_positive(name, value)
+        self.probe_length, self.probe_every = probe_length, probe_every
+        self.max_probe_every, self.refresh_every = max_probe_every, refresh_every
         if self.max_probe_every < self.probe_every:
             raise ValueError(f"max_probe_every ({max_probe_every}) must be at least probe_every ({probe_every})")
         if not callable(clock):

@@ -458,13 +458,14 @@ class GPT(PretrainedModel):
         if layout is None:
             coords = torch.arange(start, start + T, device=inputs_embeds.device, dtype=torch.float32)
             coords = coords.view(1, T, 1).expand(B, T, self.cfg.coord_rank)
-            mask = _causal_mask(start, T, inputs_embeds.device)
         else:
             coords = layout.coords[:, start : start + T].to(inputs_embeds.device)
-            mask = None if attention_mask is not None else \
-                layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
-        if attention_mask is not None:
+        if attention_mask is not None:  # the override replaces the layout's mask (which is then not built)
             mask = _check_mask_override(attention_mask, B, T, start).to(inputs_embeds.device)[:, None]
+        elif layout is None:
+            mask = _causal_mask(start, T, inputs_embeds.device)
+        else:
+            mask = layout.attention_mask(start, start + T)[:, None, :, : start + T].to(inputs_embeds.device)
         positions = torch.arange(start, start + T, device=inputs_embeds.device) if self.position_embeddings is not None else None
         x, cos, sin = self._placed(inputs_embeds, coords, positions)
         for block in self.layers:
